@@ -1,0 +1,514 @@
+"""Real servers on loopback, started from the installed system binaries.
+
+The embedded default (``portalctl local``), the integration tests and the benchmarks all start
+PostgreSQL, Redis, Prometheus, nginx and the exporters through this module. Every server runs in
+a directory of its own, listens on 127.0.0.1 on a port it was given (``free_port()`` picks one),
+logs to ``<dir>/<name>.log`` and records its pid in ``<dir>/<name>.pid`` so a later process (a
+second ``portalctl`` invocation, ``portalctl local down``) can find and stop it.
+
+PostgreSQL refuses to run as root; as root, its cluster is created and run as the ``postgres``
+system user in a directory that user owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """A server could not be started or stopped; the message names it and where its log is."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= int(resp.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
+               alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``check`` until it is true; raise naming ``what`` (and its log tail) if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if alive is not None and not alive():
+            raise ServerError(f"{what} exited during start-up{_log_tail(log)}")
+        time.sleep(0.05)
+    raise ServerError(f"{what} was not ready after {timeout:g}s{_log_tail(log)}")
+
+
+def _log_tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; last lines of {log}:\n  " + "\n  ".join(tail)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal ``pid`` (and its process group when it leads one), escalating to SIGKILL."""
+    if not pid_alive(pid):
+        return
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid:
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _find_binary(name: str, extra_globs: Sequence[str] = ()) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in (*extra_globs, f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[-1]
+    raise ServerError(f"{name} is not installed; run `make deps` (scripts/bootstrap.sh) first")
+
+
+@dataclass
+class Process:
+    """A long-running child started in its own session, logging to a file, with a pid file."""
+
+    name: str
+    directory: Path
+    argv: list[str]
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    pid: int | None = None
+    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / f"{self.name}.pid"
+
+    def start(self) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        with open(self.log, "ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, cwd=self.cwd, start_new_session=True,
+            )
+        self.pid = self._popen.pid
+        self.pidfile.write_text(str(self.pid))
+        return self.pid
+
+    def alive(self) -> bool:
+        if self._popen is not None:
+            return self._popen.poll() is None
+        pid = self.pid or self.read_pid()
+        return pid is not None and pid_alive(pid)
+
+    def read_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        pid = self.pid or self.read_pid()
+        if pid is not None:
+            stop_pid(pid, timeout, sig)
+            if self._popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._popen.wait(timeout=1)
+        with contextlib.suppress(FileNotFoundError):
+            self.pidfile.unlink()
+        self.pid = None
+        self._popen = None
+
+    def kill(self) -> None:
+        """SIGKILL, no grace: what a crash looks like."""
+        self.stop(timeout=5, sig=signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster with trust auth on 127.0.0.1:``port``."""
+
+    directory: Path
+    port: int
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def datadir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def _bin(self, name: str) -> str:
+        return _find_binary(name, (f"/usr/lib/postgresql/*/bin/{name}",))
+
+    def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        if _is_root():
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+
+    def _prepare_directory(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if _is_root():
+            shutil.chown(self.directory, "postgres", "postgres")
+            # The postgres user must be able to reach the directory through its parents.
+            for parent in self.directory.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    raise ServerError(
+                        f"PostgreSQL runs as the postgres user, which cannot enter {parent}; "
+                        f"put the server directory somewhere world-traversable"
+                    )
+
+    def init(self) -> None:
+        """initdb unless the data directory already holds a cluster."""
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self._prepare_directory()
+        result = self._run([
+            self._bin("initdb"), "-D", str(self.datadir), "--auth=trust", "-U", "postgres",
+            "--encoding=UTF8", "--locale=C", "--no-sync",
+        ], check=False)
+        if result.returncode != 0:
+            raise ServerError(f"initdb failed in {self.datadir}: {result.stderr.strip()}")
+
+    def start(self, timeout: float = 60.0) -> PostgresServer:
+        self.init()
+        options = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.directory),
+            "shared_preload_libraries": "pg_stat_statements",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+            **self.settings,
+        }
+        opts = " ".join(f"-c {k}={v}" for k, v in options.items())
+        result = self._run([
+            self._bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.log), "-o", opts,
+            "-w", "-t", str(int(timeout)), "start",
+        ], check=False)
+        if result.returncode != 0:
+            raise ServerError(
+                f"PostgreSQL did not start on port {self.port}: {result.stderr.strip()}"
+                f"{_log_tail(self.log)}"
+            )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` (clean) or ``immediate`` (a crash)."""
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
+                  check=False)
+
+    def running(self) -> bool:
+        return port_open(self.port)
+
+    def create_database(self, name: str) -> str:
+        """Create ``name`` if missing; return its DSN."""
+        import psycopg  # local import: only callers that create databases need the driver
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = %s"
+            exists = conn.execute(query, (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')  # name is chosen by our own code
+        return self.dsn(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    directory: Path
+    port: int
+    password: str | None = None
+    max_memory: str | None = None
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        argv = [
+            _find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+            "--daemonize", "no", "--protected-mode", "no",
+        ]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        if self.max_memory:
+            argv += ["--maxmemory", self.max_memory, "--maxmemory-policy", "allkeys-lru"]
+        self.process = Process("redis", self.directory, argv)
+        self.process.start()
+        wait_until(lambda: port_open(self.port), timeout, f"Redis on port {self.port}",
+                   self.process.log, self.process.alive)
+        return self
+
+    def stop(self) -> None:
+        (self.process or Process("redis", self.directory, [])).stop()
+
+    def kill(self) -> None:
+        (self.process or Process("redis", self.directory, [])).kill()
+
+    def running(self) -> bool:
+        return port_open(self.port)
+
+
+# --------------------------------------------------------------------------------------------
+# Prometheus
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrometheusServer:
+    """Prometheus with its config written to ``<dir>/prometheus.yml`` (and rule files beside it)."""
+
+    directory: Path
+    port: int
+    config: str
+    rule_files: Mapping[str, str] = field(default_factory=dict)
+    retention: str = "1d"
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "prometheus.yml"
+
+    def write_config(self, config: str | None = None,
+                     rule_files: Mapping[str, str] | None = None) -> None:
+        if config is not None:
+            self.config = config
+        if rule_files is not None:
+            self.rule_files = rule_files
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for name, text in self.rule_files.items():
+            (self.directory / name).write_text(text)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(self.config)
+        tmp.replace(self.config_path)
+
+    def start(self, timeout: float = 30.0) -> PrometheusServer:
+        self.write_config()
+        argv = [
+            _find_binary("prometheus"), f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.directory / 'tsdb'}",
+            f"--storage.tsdb.retention.time={self.retention}",
+            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+            "--web.enable-admin-api", "--log.level=warn",
+        ]
+        self.process = Process("prometheus", self.directory, argv, cwd=self.directory)
+        self.process.start()
+        wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout,
+                   f"Prometheus on port {self.port}", self.process.log, self.process.alive)
+        return self
+
+    def reload(self) -> None:
+        """Re-read the config and rule files (POST /-/reload)."""
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if resp.status != 200:
+                raise ServerError(f"Prometheus refused to reload: HTTP {resp.status}")
+
+    def stop(self) -> None:
+        (self.process or Process("prometheus", self.directory, [])).stop()
+
+    def running(self) -> bool:
+        return http_ok(f"{self.url}/-/ready")
+
+
+# --------------------------------------------------------------------------------------------
+# nginx
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NginxServer:
+    """nginx in the foreground with its prefix in ``directory``; ``reload()`` sends SIGHUP."""
+
+    directory: Path
+    port: int
+    config: str
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "nginx.conf"
+
+    def write_config(self, config: str | None = None) -> None:
+        if config is not None:
+            self.config = config
+        for sub in ("logs", "tmp"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(self.config)
+        tmp.replace(self.config_path)
+
+    def test_config(self) -> None:
+        result = subprocess.run(
+            [_find_binary("nginx"), "-t", "-p", str(self.directory), "-c", str(self.config_path),
+             "-e", str(self.directory / "logs" / "error.log")],
+            capture_output=True, text=True, check=False, timeout=30,
+        )
+        if result.returncode != 0:
+            raise ServerError(f"nginx rejected {self.config_path}: {result.stderr.strip()}")
+
+    def start(self, timeout: float = 20.0) -> NginxServer:
+        self.write_config()
+        self.test_config()
+        argv = [_find_binary("nginx"), "-p", str(self.directory), "-c", str(self.config_path),
+                "-e", str(self.directory / "logs" / "error.log"), "-g", "daemon off;"]
+        self.process = Process("nginx", self.directory, argv)
+        self.process.start()
+        wait_until(lambda: port_open(self.port), timeout, f"nginx on port {self.port}",
+                   self.directory / "logs" / "error.log", self.process.alive)
+        return self
+
+    def reload(self, config: str | None = None) -> None:
+        """Write the new config, check it, then have the running nginx re-read it."""
+        self.write_config(config)
+        self.test_config()
+        proc = self.process or Process("nginx", self.directory, [])
+        pid = proc.pid or proc.read_pid()
+        if pid is None or not pid_alive(pid):
+            raise ServerError(f"nginx is not running (no live pid in {proc.pidfile})")
+        os.kill(pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        (self.process or Process("nginx", self.directory, [])).stop()
+
+    def running(self) -> bool:
+        return port_open(self.port)
+
+
+# --------------------------------------------------------------------------------------------
+# Exporters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExporterServer:
+    """prometheus-postgres-exporter or prometheus-redis-exporter on a loopback port."""
+
+    directory: Path
+    port: int
+    kind: str  # "postgres" | "redis"
+    target: str  # a Postgres DSN or a Redis URL
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ExporterServer:
+        env = dict(os.environ)
+        if self.kind == "postgres":
+            argv = [_find_binary("prometheus-postgres-exporter"),
+                    f"--web.listen-address=127.0.0.1:{self.port}"]
+            env["DATA_SOURCE_NAME"] = self.target + (
+                "&" if "?" in self.target else "?") + "sslmode=disable"
+        elif self.kind == "redis":
+            argv = [_find_binary("prometheus-redis-exporter"),
+                    f"-web.listen-address=127.0.0.1:{self.port}", f"-redis.addr={self.target}"]
+        else:
+            raise ValueError(f"unknown exporter kind {self.kind!r} (postgres | redis)")
+        self.process = Process(f"{self.kind}-exporter", self.directory, argv, env=env)
+        self.process.start()
+        wait_until(lambda: http_ok(f"{self.url}/metrics", timeout=2), timeout,
+                   f"{self.kind} exporter on port {self.port}", self.process.log,
+                   self.process.alive)
+        return self
+
+    def stop(self) -> None:
+        (self.process or Process(f"{self.kind}-exporter", self.directory, [])).stop()

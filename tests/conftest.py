@@ -1,0 +1,140 @@
+"""Shared fixtures: real servers on free loopback ports, started from the installed binaries.
+
+Session-scoped servers are shared by tests that only read and write data (each test gets its own
+database / Redis db flushed); tests that stop or kill a server start their own through the
+``*_factory`` fixtures, which tear everything down afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rollout.local.servers import (
+    NginxServer,
+    PostgresServer,
+    PrometheusServer,
+    RedisServer,
+    free_port,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_root() -> Iterator[Path]:
+    """A world-traversable directory for server data (PostgreSQL runs as the postgres user)."""
+    root = Path(tempfile.mkdtemp(prefix="portal-test-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def pg_server(server_root: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(server_root / "pg-shared", free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the shared server; dropped afterwards."""
+    name = _unique("t").replace("-", "_")
+    dsn = pg_server.create_database(name)
+    yield dsn
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_factory(server_root: Path) -> Iterator[Callable[..., PostgresServer]]:
+    """Start a private PostgreSQL (for tests that stop or crash it)."""
+    started: list[PostgresServer] = []
+
+    def start(**settings: str) -> PostgresServer:
+        server = PostgresServer(server_root / _unique("pg"), free_port(), settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(server_root / "redis-shared", free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, flushed."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_factory(server_root: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start a private Redis (for tests that stop or kill it)."""
+    started: list[RedisServer] = []
+
+    def start(**kwargs: Any) -> RedisServer:
+        server = RedisServer(server_root / _unique("redis"), free_port(), **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def prometheus_factory(server_root: Path) -> Iterator[Callable[..., PrometheusServer]]:
+    """Start a Prometheus with the given config text (and rule files)."""
+    started: list[PrometheusServer] = []
+
+    def start(config: str, rule_files: dict[str, str] | None = None) -> PrometheusServer:
+        server = PrometheusServer(server_root / _unique("prom"), free_port(), config,
+                                  rule_files or {}).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def nginx_factory(server_root: Path) -> Iterator[Callable[[Callable[[int], str]], NginxServer]]:
+    """Start nginx; the argument builds the config text from the port it will listen on."""
+    started: list[NginxServer] = []
+
+    def start(config_for_port: Callable[[int], str]) -> NginxServer:
+        port = free_port()
+        server = NginxServer(server_root / _unique("nginx"), port, config_for_port(port)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
