@@ -5,19 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(postgresql postgresql-contrib redis-server prometheus nginx-light wrk
-          prometheus-postgres-exporter prometheus-redis-exporter)
-BINARIES=(pg_config redis-server prometheus promtool nginx wrk
-          prometheus-postgres-exporter prometheus-redis-exporter)
+# binary -> the Debian package that provides it
+declare -A PROVIDER=(
+  [redis-server]=redis-server [prometheus]=prometheus [promtool]=prometheus [nginx]=nginx-light
+  [wrk]=wrk [prometheus-postgres-exporter]=prometheus-postgres-exporter
+  [prometheus-redis-exporter]=prometheus-redis-exporter
+  [prometheus-pushgateway]=prometheus-pushgateway [psql]=postgresql-client
+)
 
 missing=()
-for i in "${!BINARIES[@]}"; do
-  bin=${BINARIES[$i]}
+for bin in "${!PROVIDER[@]}"; do
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
-    missing+=("${PACKAGES[$i]}")
+    missing+=("${PROVIDER[$bin]}")
   fi
 done
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
+# de-duplicate (prometheus provides two binaries)
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
   missing+=(postgresql-contrib)
 fi

@@ -512,3 +512,28 @@ class ExporterServer:
 
     def stop(self) -> None:
         (self.process or Process(f"{self.kind}-exporter", self.directory, [])).stop()
+
+
+@dataclass
+class PushgatewayServer:
+    """The Prometheus Pushgateway: where ``portalctl`` publishes release events for alerting."""
+
+    directory: Path
+    port: int
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> PushgatewayServer:
+        argv = [_find_binary("prometheus-pushgateway"),
+                f"--web.listen-address=127.0.0.1:{self.port}"]
+        self.process = Process("pushgateway", self.directory, argv)
+        self.process.start()
+        wait_until(lambda: http_ok(f"{self.url}/-/ready", timeout=2), timeout,
+                   f"Pushgateway on port {self.port}", self.process.log, self.process.alive)
+        return self
+
+    def stop(self) -> None:
+        (self.process or Process("pushgateway", self.directory, [])).stop()
