@@ -285,6 +285,8 @@ class BackupConfig:
     endpoint: str | None
     credentials_secret: str | None
     """Name of an existing Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."""
+    uploader_image: str
+    """Python image (standard library only) that uploads the dump to S3, pinned by tag."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,10 @@ class ObservabilityConfig:
     prometheus_resources: Resources
     grafana_resources: Resources
     jaeger_resources: Resources
+    kube_state_metrics_image: str
+    """kube-state-metrics (Job and Deployment state for the alert rules), pinned by tag."""
+    pushgateway_image: str
+    """Prometheus Pushgateway (release events pushed by portalctl), pinned by tag."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +385,11 @@ class AlertsConfig:
     redis_memory_max_ratio: float
     for_duration: str
     """How long a condition must hold before an alert fires (Prometheus ``for``)."""
+    runbook_base_url: str
+    """Where the runbooks are published; an alert's ``runbook_url`` is ``<base>/<slug>.md``."""
+
+    def runbook_url(self, slug: str) -> str:
+        return f"{self.runbook_base_url}/{slug}.md"
 
 
 @dataclass(frozen=True)
@@ -419,12 +430,21 @@ class Names:
     container: str = "portal"
     """Name of the service container inside stable and canary pods."""
     prometheus_port: int = 9090
+    pushgateway: str = "pushgateway"
+    """Service of the Pushgateway to which ``portalctl`` pushes release events."""
+    pushgateway_port: int = 9091
+    kube_state_metrics: str = "kube-state-metrics"
+
+    @property
+    def migration_job_prefix(self) -> str:
+        """Every migration Job's name starts with this (the alert rules match on it)."""
+        return f"{self.app}-migrate-"
 
     def migration_job(self, version: str, phase: str = "expand") -> str:
         """One Job per app version and phase, so a new release runs a new Job."""
         slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-")
         suffix = "" if phase == "expand" else f"-{phase}"
-        return f"{self.app}-migrate-{slug}"[: 63 - len(suffix)].rstrip("-") + suffix
+        return f"{self.migration_job_prefix}{slug}"[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 @dataclass(frozen=True)
@@ -459,7 +479,12 @@ DEFAULT_IMAGES = {
     "prometheus": "prom/prometheus:v2.54.1",
     "grafana": "grafana/grafana:11.3.0",
     "jaeger": "jaegertracing/all-in-one:1.62.0",
+    "kubeStateMetrics": "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.13.0",
+    "pushgateway": "prom/pushgateway:v1.10.0",
+    "backupUploader": "python:3.12.7-alpine3.20",
 }
+
+DEFAULT_RUNBOOK_BASE_URL = "https://github.com/acme/portal-platform/blob/main/runbooks"
 
 _APP_RES = Resources("250m", "256Mi", "1", "512Mi")
 _PG_RES = Resources("250m", "512Mi", "1", "1Gi")
@@ -600,7 +625,7 @@ def _parse_migrations(value: Any) -> MigrationsConfig:
     ))
     bpath = f"{path}.backup"
     b = _obj(m.get("backup"), bpath, ("enabled", "bucket", "region", "endpoint",
-                                      "credentialsSecret"))
+                                      "credentialsSecret", "uploaderImage"))
     enabled = _bool(b, "enabled", bpath, False)
     bucket = b.get("bucket")
     secret = b.get("credentialsSecret")
@@ -625,6 +650,8 @@ def _parse_migrations(value: Any) -> MigrationsConfig:
                         "an AWS region name"),
             endpoint=endpoint,
             credentials_secret=secret,
+            uploader_image=_pinned_image(b, "uploaderImage", bpath,
+                                         DEFAULT_IMAGES["backupUploader"]),
         ),
     )
 
@@ -634,6 +661,7 @@ def _parse_observability(value: Any) -> ObservabilityConfig:
     m = _obj(value, path, (
         "prometheusImage", "grafanaImage", "jaegerImage", "retention", "scrapeInterval",
         "prometheusStorageSize", "prometheusResources", "grafanaResources", "jaegerResources",
+        "kubeStateMetricsImage", "pushgatewayImage",
     ))
     return ObservabilityConfig(
         prometheus_image=_pinned_image(m, "prometheusImage", path, DEFAULT_IMAGES["prometheus"]),
@@ -649,6 +677,9 @@ def _parse_observability(value: Any) -> ObservabilityConfig:
             m.get("grafanaResources"), f"{path}.grafanaResources", _GRAFANA_RES),
         jaeger_resources=Resources.parse(
             m.get("jaegerResources"), f"{path}.jaegerResources", _JAEGER_RES),
+        kube_state_metrics_image=_pinned_image(m, "kubeStateMetricsImage", path,
+                                               DEFAULT_IMAGES["kubeStateMetrics"]),
+        pushgateway_image=_pinned_image(m, "pushgatewayImage", path, DEFAULT_IMAGES["pushgateway"]),
     )
 
 
@@ -747,7 +778,7 @@ def _parse_canary(value: Any) -> CanaryConfig:
 def _parse_alerts(value: Any) -> AlertsConfig:
     path = f"{NAMESPACE}:alerts"
     m = _obj(value, path, ("cacheHitRateMin", "slowQueryMs", "pgConnectionsMaxRatio",
-                           "redisMemoryMaxRatio", "for"))
+                           "redisMemoryMaxRatio", "for", "runbookBaseUrl"))
     for_duration = m.get("for", "5m")
     parse_duration(for_duration, f"{path}.for")
     if not isinstance(for_duration, str):
@@ -759,7 +790,16 @@ def _parse_alerts(value: Any) -> AlertsConfig:
                                         lo_open=True),
         redis_memory_max_ratio=_float(m, "redisMemoryMaxRatio", path, 0.9, 0.0, 1.0, lo_open=True),
         for_duration=for_duration,
+        runbook_base_url=_runbook_base_url(m, path),
     )
+
+
+def _runbook_base_url(m: Mapping[str, Any], path: str) -> str:
+    value = m.get("runbookBaseUrl", DEFAULT_RUNBOOK_BASE_URL)
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", value):
+        raise ConfigError(f"{path}.runbookBaseUrl", value,
+                          "expected an http(s) URL of the folder holding the runbooks")
+    return value.rstrip("/")
 
 
 def parse_config(values: Mapping[str, Any], stack: str) -> StackConfig:
