@@ -1,0 +1,292 @@
+"""HTTP routes. Business routes answer JSON built by Postgres, cached as bytes, never re-parsed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import secrets
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import Query as Param
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from starlette.exceptions import HTTPException
+
+from app import context, health, queries
+from app.cache import (
+    ADMIN_STATS_KEY,
+    ADMIN_TAG,
+    PLANS_KEY,
+    PLANS_TAG,
+    USERS_LIST_TAG,
+    CacheClass,
+    check_pattern,
+    dashboard_key,
+    user_tag,
+    users_list_key,
+)
+from app.db import Query
+from app.errors import CacheUnavailable, FaultInjected
+
+if TYPE_CHECKING:
+    from app.main import Runtime
+
+MAX_ID = 2**63 - 1
+MAX_PAGE = 100_000
+MAX_PER_PAGE = 100
+MAX_BODY_BYTES = 16 * 1024
+JSON = "application/json"
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's numeric id")]
+_EMAIL = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
+_NAME_PUNCTUATION = frozenset(" .'’-")
+
+
+class UserUpdate(BaseModel):
+    """PATCH /api/users/{id}: any of name, email, status; nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = None
+    email: str | None = None
+    status: Literal["active", "pending", "suspended", "deleted"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = " ".join(value.split())
+        if not 1 <= len(value) <= 200:
+            raise ValueError("must be 1-200 characters")
+        if (
+            not value[0].isalpha()
+            or "--" in value
+            or any(not (c.isalnum() or c in _NAME_PUNCTUATION) for c in value)
+        ):
+            raise ValueError(
+                "may only contain letters, digits, spaces and . ' - and must start with a letter"
+            )
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if len(value) > 254 or not _EMAIL.match(value):
+            raise ValueError("is not an email address like name@example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _some_field(self) -> UserUpdate:
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        if not self.model_fields_set:
+            raise ValueError("nothing to update: send at least one of name, email, status")
+        return self
+
+
+class FlushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return check_pattern(value)
+
+
+class SentryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    enabled: bool
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=JSON)
+
+
+async def body_limit(request: Request) -> None:
+    """Refuse bodies over MAX_BODY_BYTES (no route of this API takes more)."""
+    length = request.headers.get("content-length", "0")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"the body may be at most {MAX_BODY_BYTES} bytes")
+
+
+def build_routers(rt: Runtime) -> list[APIRouter]:
+    settings = rt.settings
+    faults = settings.faults
+    db, cache = rt.db, rt.cache
+
+    async def fault_switch() -> None:
+        """The drill fault switch: off unless PORTAL_FAULT_* is set (see app/README.md)."""
+        if faults.latency_ms and faults.latency_rate and random.random() < faults.latency_rate:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        if faults.error_rate and random.random() < faults.error_rate:
+            raise FaultInjected("injected fault (PORTAL_FAULT_ERROR_RATE)")
+
+    async def cached(
+        key: str, cache_class: CacheClass, query: Query, params: Any, tags: tuple[str, ...]
+    ) -> bytes | None:
+        async def compute() -> bytes | None:
+            row = await db.run(query, params)
+            return row[0].encode() if row and row[0] is not None else None
+
+        body, hit = await cache.get_or_compute(key, cache_class, compute, tags)
+        ctx = context.current()
+        if ctx is not None:
+            ctx.cache_hit = hit
+        return body
+
+    def not_found(user_id: int) -> HTTPException:
+        return HTTPException(404, f"user {user_id} does not exist")
+
+    api = APIRouter(
+        prefix="/api", dependencies=[Depends(fault_switch), Depends(body_limit)], tags=["portal"]
+    )
+
+    @api.get("/users", summary="A page of users, by id")
+    async def list_users(
+        page: Annotated[int, Param(ge=1, le=MAX_PAGE)] = 1,
+        per_page: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
+    ) -> Response:
+        params = {"limit": per_page, "offset": (page - 1) * per_page, "page": page}
+        body = await cached(
+            users_list_key(page, per_page), "short", queries.USERS_PAGE, params, (USERS_LIST_TAG,)
+        )
+        assert body is not None
+        return _json(body)
+
+    @api.get("/users/{user_id}", summary="One user")
+    async def get_user(user_id: UserId) -> Response:
+        row = await db.run(queries.USER, (user_id,))
+        if not row:
+            raise not_found(user_id)
+        return _json(row[0].encode())
+
+    @api.get(
+        "/users/{user_id}/dashboard",
+        summary="User, profile, active subscriptions and unexpired tokens, in one query",
+    )
+    async def dashboard(user_id: UserId) -> Response:
+        if faults.db_sleep_ms:
+            # Drill: the slow statement runs on every request (no cache) so it shows.
+            row = await db.run(queries.DASHBOARD_WITH_SLEEP, (faults.db_sleep_ms / 1000, user_id))
+            body = row[0].encode() if row else None
+        else:
+            body = await cached(
+                dashboard_key(user_id),
+                "medium",
+                queries.DASHBOARD,
+                (user_id,),
+                (user_tag(user_id),),
+            )
+        if body is None:
+            raise not_found(user_id)
+        return _json(body)
+
+    @api.patch(
+        "/users/{user_id}",
+        summary="Change name, email or status; invalidates the user's cache entries",
+    )
+    async def update_user(user_id: UserId, update: UserUpdate) -> Response:
+        fields = sorted(update.model_fields_set)
+        params = {
+            "id": user_id,
+            "name": update.name,
+            "email": update.email,
+            "status": update.status,
+            "details": json.dumps({"fields": fields}),
+        }
+        try:
+            row = await db.run(queries.UPDATE_USER, params)
+        except psycopg.errors.UniqueViolation:
+            raise HTTPException(409, f"email {update.email} belongs to another user") from None
+        if not row:
+            raise not_found(user_id)
+        await cache.invalidate((user_tag(user_id), USERS_LIST_TAG, ADMIN_TAG))
+        return _json(row[0].encode())
+
+    @api.get("/users/{user_id}/activity", summary="The user's latest activity")
+    async def activity(
+        user_id: UserId,
+        limit: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
+    ) -> Response:
+        row = await db.run(queries.USER_ACTIVITY, {"id": user_id, "limit": limit})
+        if not row or row[0] is None:
+            raise not_found(user_id)
+        return _json(row[0].encode())
+
+    @api.get("/plans", summary="The plan catalogue")
+    async def plans() -> Response:
+        body = await cached(PLANS_KEY, "long", queries.PLANS, None, (PLANS_TAG,))
+        assert body is not None
+        return _json(body)
+
+    @api.get("/admin/stats", summary="Aggregates over users, subscriptions, tokens, activity")
+    async def admin_stats() -> Response:
+        body = await cached(ADMIN_STATS_KEY, "medium", queries.ADMIN_STATS, None, (ADMIN_TAG,))
+        assert body is not None
+        return _json(body)
+
+    # Operational endpoints: guarded by PORTAL_ADMIN_TOKEN, never subject to faults (the
+    # runbooks use them during incidents and drills).
+    ops = APIRouter(prefix="/api/admin", dependencies=[Depends(body_limit)], tags=["operations"])
+
+    def require_admin(request: Request) -> None:
+        token = settings.admin_token
+        if token is None:
+            raise HTTPException(404, "admin operations are disabled: PORTAL_ADMIN_TOKEN is not set")
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(403, "send the admin token as `Authorization: Bearer <token>`")
+
+    @ops.post(
+        "/cache/flush",
+        dependencies=[Depends(require_admin)],
+        summary='Delete cache keys matching a glob, e.g. {"pattern": "user:*"}',
+    )
+    async def flush(body: FlushRequest) -> JSONResponse:
+        try:
+            deleted = await cache.flush(body.pattern)
+        except Exception as exc:
+            if isinstance(exc, ValueError):
+                raise
+            raise CacheUnavailable(f"Redis failed during the flush: {exc}") from exc
+        return JSONResponse({"deleted": deleted, "pattern": body.pattern, "backend": cache.backend})
+
+    @ops.post(
+        "/sentry",
+        dependencies=[Depends(require_admin)],
+        summary="Switch Sentry error reporting on or off at runtime",
+    )
+    async def sentry(body: SentryRequest) -> JSONResponse:
+        rt.sentry.set_enabled(body.enabled)
+        return JSONResponse(rt.sentry.state())
+
+    probes = APIRouter(tags=["health"])
+
+    @probes.get("/api/health", summary="Liveness: answers without touching any dependency")
+    async def liveness() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": settings.version, "track": settings.track})
+
+    @probes.get(
+        "/api/health/advanced",
+        summary="Readiness: database, cache and memory checks; 503 when unhealthy",
+    )
+    async def readiness() -> JSONResponse:
+        status, body = await health.advanced(db, cache, rt.stats, settings.version, settings.track)
+        return JSONResponse(body, status_code=status)
+
+    @probes.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        rt.metrics.db_pool_in_use.set(db.connections_in_use())
+        rt.metrics.redis_in_use.set(cache.connections_in_use())
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return [probes, api, ops]

@@ -1,0 +1,115 @@
+"""The application factory. ``create_app(settings)`` builds one independent app (its own metrics
+registry, pool and cache), so tests can run several in one process; ``app.main:app`` is the
+app built from the environment, created on first access (what uvicorn imports).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from app import errors, telemetry
+from app.api import build_routers
+from app.cache import Cache
+from app.db import Database
+from app.health import RequestStats
+from app.metrics import Metrics
+from app.middleware import PortalMiddleware
+from app.settings import Settings
+
+log = logging.getLogger("app")
+
+
+@dataclass
+class Runtime:
+    """Everything one app instance owns."""
+
+    settings: Settings
+    metrics: Metrics
+    db: Database
+    cache: Cache
+    stats: RequestStats
+    sentry: telemetry.SentrySwitch
+    tracer_provider: Any | None
+
+
+def create_app(settings: Settings | None = None, *, tracer_provider: Any | None = None) -> FastAPI:
+    """Build the service. ``tracer_provider`` overrides the OTLP one (tests pass an in-memory
+    exporter's provider); without either, nothing is traced."""
+    settings = settings or Settings.from_env(os.environ)
+    own_provider = tracer_provider is None
+    provider = tracer_provider or telemetry.tracer_provider_for(settings)
+    metrics = Metrics(settings.version, settings.track)
+    runtime = Runtime(
+        settings=settings,
+        metrics=metrics,
+        db=Database(settings, metrics, provider),
+        cache=Cache(settings, metrics, provider),
+        stats=RequestStats(),
+        sentry=telemetry.SentrySwitch(settings),
+        tracer_provider=provider,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.db.open()
+        log.info(
+            "portal %s (%s track) started; cache: %s; pool size %d",
+            settings.version,
+            settings.track,
+            "Redis" if settings.redis_url else "memory only",
+            settings.db_pool_size,
+        )
+        if settings.faults.active:
+            log.warning("FAULT SWITCH ON (drills only): %s", settings.faults.describe())
+        try:
+            yield
+        finally:
+            await runtime.cache.close()
+            await runtime.db.close()
+            if own_provider and provider is not None:
+                provider.shutdown()
+
+    app = FastAPI(
+        title="portal",
+        version=settings.version,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.runtime = runtime
+    errors.install(app, runtime)
+    for router in build_routers(runtime):
+        app.include_router(router)
+    app.add_middleware(PortalMiddleware, runtime=runtime)
+    if provider is not None:
+        telemetry.instrument_app(app, provider)
+    return app
+
+
+def configure_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+_built: dict[str, FastAPI] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``app.main:app``: built from the environment on first access, not on import."""
+    if name == "app":
+        if "app" not in _built:
+            settings = Settings.from_env(os.environ)
+            configure_logging(settings.log_level)
+            _built["app"] = create_app(settings)
+        return _built["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,230 @@
+"""The service's settings, read once from the environment and validated before anything starts.
+
+Every setting is optional except ``PORTAL_DATABASE_URL``. An empty value counts as unset (a
+Kubernetes manifest often renders an optional variable as ``""``). A bad value raises
+``SettingsError`` whose message is one line naming the variable, the value and what is allowed;
+the command line prints that line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+Track = Literal["stable", "canary"]
+
+_LABEL_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A setting is wrong. ``variable`` is the environment variable at fault."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {message}")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The fault switch for drills. Everything is off by default."""
+
+    error_rate: float = 0.0
+    """Fraction of business API requests answered with HTTP 500."""
+    latency_ms: int = 0
+    """Delay added to a delayed business API request."""
+    latency_rate: float = 0.0
+    """Fraction of business API requests delayed by ``latency_ms``."""
+    db_sleep_ms: int = 0
+    """``pg_sleep`` added to the dashboard query (which then bypasses the cache)."""
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.error_rate > 0
+            or (self.latency_ms > 0 and self.latency_rate > 0)
+            or self.db_sleep_ms > 0
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.error_rate > 0:
+            parts.append(f"{self.error_rate:g} of requests answer 500")
+        if self.latency_ms > 0 and self.latency_rate > 0:
+            parts.append(f"{self.latency_rate:g} of requests delayed {self.latency_ms} ms")
+        if self.db_sleep_ms > 0:
+            parts.append(f"dashboard query sleeps {self.db_sleep_ms} ms")
+        return "; ".join(parts) or "off"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None = None
+    version: str = "dev"
+    track: Track = "stable"
+    cache_ttl_short: int = 60
+    cache_ttl_medium: int = 300
+    cache_ttl_long: int = 3600
+    slow_query_ms: int = 200
+    slow_request_ms: int = 1000
+    db_pool_size: int = 10
+    db_timeout_s: float = 5.0
+    """How long a request waits for a pooled connection before answering 503."""
+    redis_timeout_ms: int = 500
+    """Connect and operation timeout of Redis; past it the cache falls back to memory."""
+    redis_retry_s: float = 2.0
+    """After a Redis failure, how long the memory fallback serves before Redis is tried again."""
+    n_plus_one_threshold: int = 5
+    """The same statement run this many times in one request is logged as a suspected N+1."""
+    faults: Faults = Faults()
+    admin_token: str | None = None
+    sentry_dsn: str | None = None
+    otel_endpoint: str | None = None
+    otel_service_name: str = "portal"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, require_database: bool = True) -> Settings:
+        """Read and validate every setting; raise ``SettingsError`` on the first bad one."""
+        r = _Reader(env)
+        database_url = r.url(
+            "PORTAL_DATABASE_URL",
+            ("postgresql", "postgres"),
+            "postgresql://user[:password]@host:port/database",
+        )
+        if database_url is None:
+            if require_database:
+                raise SettingsError(
+                    "PORTAL_DATABASE_URL",
+                    "not set; expected postgresql://user[:password]@host:port/database",
+                )
+            database_url = ""
+        latency_ms = r.integer("PORTAL_FAULT_LATENCY_MS", 0, 0, 600_000)
+        faults = Faults(
+            error_rate=r.fraction("PORTAL_FAULT_ERROR_RATE", 0.0),
+            latency_ms=latency_ms,
+            latency_rate=r.fraction("PORTAL_FAULT_LATENCY_RATE", 1.0 if latency_ms else 0.0),
+            db_sleep_ms=r.integer("PORTAL_FAULT_DB_SLEEP_MS", 0, 0, 600_000),
+        )
+        track = r.choice("PORTAL_TRACK", "stable", ("stable", "canary"))
+        return cls(
+            database_url=database_url,
+            redis_url=r.url(
+                "PORTAL_REDIS_URL", ("redis", "rediss", "unix"), "redis://[:password@]host:port/db"
+            ),
+            version=r.label("PORTAL_VERSION", "dev"),
+            track="canary" if track == "canary" else "stable",
+            cache_ttl_short=r.integer("PORTAL_CACHE_TTL_SHORT", 60, 1, 86_400 * 30),
+            cache_ttl_medium=r.integer("PORTAL_CACHE_TTL_MEDIUM", 300, 1, 86_400 * 30),
+            cache_ttl_long=r.integer("PORTAL_CACHE_TTL_LONG", 3600, 1, 86_400 * 30),
+            slow_query_ms=r.integer("PORTAL_SLOW_QUERY_MS", 200, 1, 3_600_000),
+            slow_request_ms=r.integer("PORTAL_SLOW_REQUEST_MS", 1000, 1, 3_600_000),
+            db_pool_size=r.integer("PORTAL_DB_POOL_SIZE", 10, 1, 200),
+            db_timeout_s=r.integer("PORTAL_DB_TIMEOUT_MS", 5000, 100, 600_000) / 1000,
+            redis_timeout_ms=r.integer("PORTAL_REDIS_TIMEOUT_MS", 500, 10, 60_000),
+            redis_retry_s=r.integer("PORTAL_REDIS_RETRY_MS", 2000, 10, 600_000) / 1000,
+            n_plus_one_threshold=r.integer("PORTAL_N_PLUS_ONE_THRESHOLD", 5, 2, 10_000),
+            faults=faults,
+            admin_token=r.token("PORTAL_ADMIN_TOKEN"),
+            sentry_dsn=r.url("SENTRY_DSN", ("http", "https"), "https://key@host/project-id"),
+            otel_endpoint=r.url(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https"), "http://collector:4318"
+            ),
+            otel_service_name=r.label("OTEL_SERVICE_NAME", "portal"),
+            log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
+        )
+
+    def ttl(self, cache_class: str) -> int:
+        return {
+            "short": self.cache_ttl_short,
+            "medium": self.cache_ttl_medium,
+            "long": self.cache_ttl_long,
+        }[cache_class]
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(
+                name, f"{raw!r} is not a whole number between {lo} and {hi}"
+            ) from None
+        if not lo <= value <= hi:
+            raise SettingsError(name, f"{raw!r} is not a whole number between {lo} and {hi}")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, f"{raw!r} is not a number between 0 and 1") from None
+        if not 0.0 <= value <= 1.0:  # also rejects nan
+            raise SettingsError(name, f"{raw!r} is not a number between 0 and 1")
+        return value
+
+    def choice(
+        self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False
+    ) -> str:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw
+        if value not in allowed:
+            raise SettingsError(name, f"{raw!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def label(self, name: str, default: str) -> str:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        if not _LABEL_SAFE.match(raw):
+            raise SettingsError(
+                name, f"{raw!r} is not a label of 1-64 letters, digits, '.', '_', '+' or '-'"
+            )
+        return raw
+
+    def url(self, name: str, schemes: tuple[str, ...], example: str) -> str | None:
+        raw = self.raw(name)
+        if raw is None:
+            return None
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            raise SettingsError(name, f"{_redact(raw)!r} is not a URL like {example}") from None
+        if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
+            raise SettingsError(name, f"{_redact(raw)!r} is not a URL like {example}")
+        return raw
+
+    def token(self, name: str) -> str | None:
+        raw = self.raw(name)
+        if raw is None:
+            return None
+        if len(raw) < 8 or any(c.isspace() for c in raw):
+            raise SettingsError(name, "must be at least 8 characters without spaces")
+        return raw
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced, for error messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)

@@ -1,0 +1,226 @@
+"""The cache: Redis first, memory while Redis is away, tag invalidation that cannot go stale."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from app.cache import Cache
+from app.metrics import Metrics
+from tests.app.conftest import running_app, settings_for
+
+pytestmark = pytest.mark.anyio
+
+FAST_RECOVERY = {"PORTAL_REDIS_RETRY_MS": "100", "PORTAL_REDIS_TIMEOUT_MS": "200"}
+
+
+async def health(client) -> tuple[int, dict[str, Any]]:
+    r = await client.get("/api/health/advanced")
+    return r.status_code, r.json()
+
+
+async def wait_health(client, status: str, backend: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = anyio.current_time() + timeout
+    while True:
+        code, body = await health(client)
+        if body["status"] == status and body["checks"]["cache"]["backend"] == backend:
+            return body
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"expected {status}/{backend}, last answer {code} {body}")
+        await anyio.sleep(0.05)
+
+
+async def test_redis_killed_mid_test_requests_are_still_served_and_health_is_degraded(
+    portal_dsn, redis_factory
+):
+    server = redis_factory()
+    settings = settings_for(portal_dsn, server.url, **FAST_RECOVERY)
+    async with running_app(settings) as client:
+        assert (await client.get("/api/users/10/dashboard")).status_code == 200
+        assert (await client.get("/api/users/10/dashboard")).headers["x-cache-hit"] == "true"
+        body = await wait_health(client, "healthy", "redis")
+        assert body["checks"]["cache"]["hitRate"] == 0.5
+
+        await anyio.to_thread.run_sync(server.kill)
+
+        for _ in range(3):
+            r = await client.get("/api/users/10/dashboard")
+            assert r.status_code == 200, "a dead Redis must not fail requests"
+        assert r.headers["x-cache-hit"] == "true", "the memory fallback serves hits"
+        listed = await client.get("/api/users", params={"per_page": 5})
+        assert listed.status_code == 200
+        code, body = await health(client)
+        assert code == 200 and body["status"] == "degraded"
+        cache = body["checks"]["cache"]
+        assert cache["status"] == "degraded" and cache["backend"] == "memory"
+        assert "Redis" in cache["error"]
+        assert body["checks"]["database"]["status"] == "healthy"
+
+        await anyio.to_thread.run_sync(server.start)
+        await wait_health(client, "healthy", "redis")
+        r = await client.get("/api/users/10/dashboard")
+        assert r.status_code == 200 and r.headers["x-cache-hit"] == "false"
+        assert (await client.get("/api/users/10/dashboard")).headers["x-cache-hit"] == "true"
+        metrics = (await client.get("/metrics")).text
+    assert 'redis_operations_total{operation="get",status="error"' in metrics
+
+
+async def test_invalidations_made_while_redis_was_away_are_replayed_when_it_returns(
+    portal_dsn, redis_factory
+):
+    """Redis frozen (it keeps its data) while a user is updated: the old dashboard in Redis
+    must not be served once Redis answers again."""
+    server = redis_factory()
+    settings = settings_for(portal_dsn, server.url, **FAST_RECOVERY)
+    pid = server.process.pid
+    async with running_app(settings) as client:
+        before = (await client.get("/api/users/11/dashboard")).json()
+        assert (await client.get("/api/users/11/dashboard")).headers["x-cache-hit"] == "true"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            r = await client.patch("/api/users/11", json={"name": "Renamed While Away"})
+            assert r.status_code == 200
+            await wait_health(client, "degraded", "memory")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await wait_health(client, "healthy", "redis")
+        after = await client.get("/api/users/11/dashboard")
+    assert before["user"]["name"] != "Renamed While Away"
+    assert after.headers["x-cache-hit"] == "false"
+    assert after.json()["user"]["name"] == "Renamed While Away"
+
+
+async def test_without_redis_the_memory_cache_serves_and_health_is_healthy(portal_dsn):
+    async with running_app(settings_for(portal_dsn)) as client:
+        await client.get("/api/admin/stats")
+        hit = await client.get("/api/admin/stats")
+        code, body = await health(client)
+    assert hit.headers["x-cache-hit"] == "true"
+    assert code == 200 and body["status"] == "healthy"
+    assert body["checks"]["cache"]["backend"] == "memory"
+
+
+async def test_entries_expire_after_their_ttl_class(portal_dsn, redis_url):
+    settings = settings_for(portal_dsn, redis_url, PORTAL_CACHE_TTL_SHORT="1")
+    async with running_app(settings) as client:
+        await client.get("/api/users")
+        assert (await client.get("/api/users")).headers["x-cache-hit"] == "true"
+        assert 0 < redis.Redis.from_url(redis_url).ttl("users:list:1:20") <= 1
+        await anyio.sleep(1.2)
+        assert (await client.get("/api/users")).headers["x-cache-hit"] == "false"
+
+
+async def test_a_value_computed_during_an_invalidation_is_never_served_as_fresh(redis_url):
+    settings = settings_for("postgresql://unused@127.0.0.1/x", redis_url)
+    cache = Cache(settings, Metrics("t", "stable"))
+    release = asyncio.Event()
+
+    async def slow_old_value() -> bytes:
+        await release.wait()
+        return b'{"name": "old"}'
+
+    try:
+        task = asyncio.create_task(
+            cache.get_or_compute("user:1:dashboard", "medium", slow_old_value, ("user:1",))
+        )
+        await asyncio.sleep(0.05)
+        await cache.invalidate(("user:1",))  # the update commits while the read computes
+        release.set()
+        assert await task == (b'{"name": "old"}', False)
+
+        async def new_value() -> bytes:
+            return b'{"name": "new"}'
+
+        value, hit = await cache.get_or_compute(
+            "user:1:dashboard", "medium", new_value, ("user:1",)
+        )
+        assert (value, hit) == (b'{"name": "new"}', False), "the stale value must not be a hit"
+        assert await cache.get_or_compute("user:1:dashboard", "medium", new_value, ("user:1",)) == (
+            b'{"name": "new"}',
+            True,
+        )
+    finally:
+        await cache.close()
+
+
+async def test_concurrent_misses_of_one_key_compute_once(redis_url):
+    cache = Cache(
+        settings_for("postgresql://unused@127.0.0.1/x", redis_url), Metrics("t", "stable")
+    )
+    calls = 0
+
+    async def compute() -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return b"[]"
+
+    try:
+        results = await asyncio.gather(
+            *(cache.get_or_compute("plans:all", "long", compute) for _ in range(10))
+        )
+    finally:
+        await cache.close()
+    assert calls == 1 and all(v == b"[]" for v, _ in results)
+
+
+ADMIN = {"PORTAL_ADMIN_TOKEN": "s3cret-admin-token"}
+AUTH = {"Authorization": "Bearer s3cret-admin-token"}
+
+
+async def test_admin_flush_deletes_matching_keys_in_redis_and_memory(portal_dsn, redis_url):
+    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
+        for uid in (1, 2, 3):
+            await client.get(f"/api/users/{uid}/dashboard")
+        await client.get("/api/users")
+        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:*"}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"] == 3
+        assert redis.Redis.from_url(redis_url).exists("users:list:1:20") == 1
+        assert (await client.get("/api/users/1/dashboard")).headers["x-cache-hit"] == "false"
+        assert (await client.get("/api/users")).headers["x-cache-hit"] == "true"
+
+    async with running_app(settings_for(portal_dsn, None, **ADMIN)) as client:
+        await client.get("/api/users/1/dashboard")
+        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:1:*"}, headers=AUTH)
+        assert r.json()["deleted"] == 1 and r.json()["backend"] == "memory"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"pattern": ""},
+        {"pattern": "user:[a-z]*"},
+        {"pattern": "a b"},
+        {"pattern": 5},
+        {"pattern": "*" * 201},
+        {"pattern": "user:*'; FLUSHALL"},
+        {},
+        {"pattern": "x", "y": 1},
+    ],
+)
+async def test_admin_flush_refuses_a_bad_pattern(portal_dsn, redis_url, body):
+    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
+        await client.get("/api/users/1/dashboard")
+        r = await client.post("/api/admin/cache/flush", json=body, headers=AUTH)
+    assert r.status_code == 422 and r.json()["error"] == "invalid request"
+    assert redis.Redis.from_url(redis_url).exists("user:1:dashboard") == 1
+
+
+async def test_admin_operations_need_the_token(portal_dsn, redis_url):
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
+        off = await client.post("/api/admin/cache/flush", json={"pattern": "*"}, headers=AUTH)
+        assert off.status_code == 404 and "PORTAL_ADMIN_TOKEN" in off.json()["detail"]
+    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = await client.post("/api/admin/cache/flush", json={"pattern": "*"}, headers=headers)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden"
+        r = await client.post("/api/admin/sentry", json={"enabled": False}, headers=AUTH)
+        assert r.status_code == 200
+        assert r.json() == {"configured": False, "enabled": False}

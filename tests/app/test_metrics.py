@@ -1,0 +1,166 @@
+"""/metrics: exactly the contracted series, labelled version and track, route templates only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.metrics import HTTP_BUCKETS, REDIS_BUCKETS, SERIES
+from tests.app.conftest import running_app, settings_for
+
+pytestmark = pytest.mark.anyio
+
+CONTRACT_HTTP_BUCKETS = [
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    1.5,
+    2,
+    3,
+    5,
+    10,
+]
+CONTRACT_REDIS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1]
+
+
+def parse(text: str) -> dict[str, list[Any]]:
+    """Family name -> samples."""
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        out[name] = family.samples
+    return out
+
+
+async def traffic(client) -> str:
+    for uid in (1, 2, 2, 3):
+        await client.get(f"/api/users/{uid}/dashboard")
+    await client.get("/api/users", params={"page": 2})
+    await client.patch("/api/users/2", json={"name": "Grace Hopper"})
+    await client.get("/api/users/99999/dashboard")
+    await client.get("/api/users", params={"per_page": 500})
+    await client.get("/no/such/page")
+    await client.get("/wp-login.php")
+    await client.get("/api/health")
+    await client.get("/api/health/advanced")
+    await client.get("/metrics")
+    text: str = (await client.get("/metrics")).text
+    return text
+
+
+async def test_metrics_have_exactly_the_contracted_series_with_version_and_track(
+    portal_dsn, redis_url
+):
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
+        r = await client.get("/metrics")
+        assert r.headers["content-type"].startswith("text/plain")
+        families = parse(await traffic(client))
+    assert set(families) == set(SERIES), "no series beyond the contracted ones (no *_created)"
+    for name, samples in families.items():
+        assert samples, f"{name} has no sample after traffic"
+        for s in samples:
+            assert s.labels.get("version") == "1.2.3", (name, s.labels)
+            assert s.labels.get("track") == "canary", (name, s.labels)
+
+
+async def test_requests_are_labelled_by_route_template_status_and_method(portal_dsn, redis_url):
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
+        families = parse(await traffic(client))
+    requests = {
+        (s.labels["method"], s.labels["route"], s.labels["status"]): s.value
+        for s in families["http_requests_total"]
+    }
+    assert requests[("GET", "/api/users/{user_id}/dashboard", "200")] == 4
+    assert requests[("GET", "/api/users/{user_id}/dashboard", "404")] == 1
+    assert requests[("PATCH", "/api/users/{user_id}", "200")] == 1
+    assert requests[("GET", "/api/users", "200")] == 1
+    assert requests[("GET", "/api/users", "422")] == 1
+    assert requests[("GET", "unmatched", "404")] == 2, "unknown paths share one label"
+    assert requests[("GET", "/api/health", "200")] == 1
+    assert requests[("GET", "/api/health/advanced", "200")] == 1
+    assert requests[("GET", "/metrics", "200")] >= 1, "scrapes are counted for gates to exclude"
+    assert not any("/api/users/2" in route or "wp-login" in route for _, route, _ in requests)
+
+
+async def test_histograms_use_the_contracted_buckets(portal_dsn, redis_url):
+    assert list(HTTP_BUCKETS) == CONTRACT_HTTP_BUCKETS
+    assert list(REDIS_BUCKETS) == CONTRACT_REDIS_BUCKETS
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
+        families = parse(await traffic(client))
+
+    def bounds(family: str, **labels: str) -> list[float]:
+        return [
+            float(s.labels["le"])
+            for s in families[family]
+            if s.name.endswith("_bucket")
+            and s.labels["le"] != "+Inf"
+            and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    route = "/api/users/{user_id}/dashboard"
+    assert bounds("http_request_duration_seconds", route=route) == CONTRACT_HTTP_BUCKETS
+    assert bounds("db_query_duration_seconds", operation="select") == CONTRACT_HTTP_BUCKETS
+    assert bounds("redis_operation_duration_seconds", operation="get") == CONTRACT_REDIS_BUCKETS
+    count = next(
+        s.value
+        for s in families["http_request_duration_seconds"]
+        if s.name.endswith("_count") and s.labels["route"] == route
+    )
+    assert count == 5
+
+
+async def test_db_redis_cache_and_connection_series_follow_the_traffic(portal_dsn, redis_url):
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
+        families = parse(await traffic(client))
+
+    def value(family: str, **labels: str) -> float:
+        return float(
+            sum(
+                s.value
+                for s in families[family]
+                if all(s.labels.get(k) == v for k, v in labels.items())
+            )
+        )
+
+    assert value("db_queries_total", operation="select", table="users") >= 4
+    assert value("db_queries_total", operation="update", table="users") == 1
+    assert value("cache_hits_total", cache_class="medium") == 1  # user 2's second dashboard
+    assert value("cache_misses_total", cache_class="medium") == 4
+    assert value("cache_misses_total", cache_class="short") == 1
+    assert value("redis_operations_total", operation="get", status="ok") >= 5
+    assert value("redis_operations_total", operation="invalidate", status="ok") == 1
+    types = {s.labels["type"] for s in families["active_connections"]}
+    assert types == {"http", "db_pool", "redis"}
+    assert value("active_connections", type="http") == 1, "the scrape itself is in flight"
+
+
+async def test_two_apps_in_one_process_keep_separate_registries(portal_dsn):
+    async with (
+        running_app(
+            settings_for(portal_dsn, PORTAL_VERSION="1.0.0", PORTAL_TRACK="stable")
+        ) as stable,
+        running_app(settings_for(portal_dsn, PORTAL_VERSION="2.0.0")) as canary,
+    ):
+        await stable.get("/api/users/1/dashboard")
+        await canary.get("/api/users/1/dashboard")
+        await canary.get("/api/users/1/dashboard")
+        stable_text = (await stable.get("/metrics")).text
+        canary_text = (await canary.get("/metrics")).text
+    assert 'version="2.0.0"' not in stable_text and 'version="1.0.0"' not in canary_text
+    assert (
+        'http_requests_total{method="GET",route="/api/users/{user_id}/dashboard",'
+        'status="200",track="canary",version="2.0.0"} 2.0'
+    ) in canary_text

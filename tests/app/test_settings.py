@@ -1,0 +1,122 @@
+"""Settings come from the environment; a bad one stops the process with one line naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings, SettingsError
+from tests.app.conftest import run_cli
+
+DB = "postgresql://portal@127.0.0.1:5432/portal"
+
+
+def test_only_the_database_url_is_needed_and_the_defaults_match_the_contract():
+    s = Settings.from_env({"PORTAL_DATABASE_URL": DB})
+    assert (s.version, s.track, s.redis_url) == ("dev", "stable", None)
+    assert (s.cache_ttl_short, s.cache_ttl_medium, s.cache_ttl_long) == (60, 300, 3600)
+    assert (s.slow_query_ms, s.slow_request_ms, s.db_pool_size) == (200, 1000, 10)
+    assert not s.faults.active, "the fault switch must be off by default"
+    assert s.admin_token is None and s.sentry_dsn is None and s.otel_endpoint is None
+    assert s.otel_service_name == "portal"
+
+
+def test_an_empty_value_counts_as_unset():
+    s = Settings.from_env(
+        {
+            "PORTAL_DATABASE_URL": DB,
+            "PORTAL_REDIS_URL": "",
+            "PORTAL_FAULT_ERROR_RATE": " ",
+            "SENTRY_DSN": "",
+        }
+    )
+    assert s.redis_url is None and s.sentry_dsn is None and s.faults.error_rate == 0
+
+
+def test_latency_fault_delays_every_request_unless_a_rate_is_given():
+    s = Settings.from_env({"PORTAL_DATABASE_URL": DB, "PORTAL_FAULT_LATENCY_MS": "300"})
+    assert (s.faults.latency_ms, s.faults.latency_rate) == (300, 1.0)
+    s = Settings.from_env(
+        {
+            "PORTAL_DATABASE_URL": DB,
+            "PORTAL_FAULT_LATENCY_MS": "300",
+            "PORTAL_FAULT_LATENCY_RATE": "0.25",
+        }
+    )
+    assert s.faults.latency_rate == 0.25 and s.faults.active
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PORTAL_FAULT_ERROR_RATE", "abc", "'abc' is not a number between 0 and 1"),
+        ("PORTAL_FAULT_ERROR_RATE", "1.5", "'1.5' is not a number between 0 and 1"),
+        ("PORTAL_FAULT_LATENCY_RATE", "nan", "is not a number between 0 and 1"),
+        ("PORTAL_FAULT_LATENCY_MS", "-5", "is not a whole number"),
+        ("PORTAL_FAULT_DB_SLEEP_MS", "1s", "is not a whole number"),
+        ("PORTAL_TRACK", "blue", "'blue' is not one of stable, canary"),
+        ("PORTAL_VERSION", "1.0 beta", "is not a label"),
+        ("PORTAL_CACHE_TTL_SHORT", "0", "is not a whole number between 1"),
+        ("PORTAL_CACHE_TTL_MEDIUM", "five", "is not a whole number"),
+        ("PORTAL_CACHE_TTL_LONG", "-1", "is not a whole number"),
+        ("PORTAL_SLOW_QUERY_MS", "fast", "is not a whole number"),
+        ("PORTAL_SLOW_REQUEST_MS", "0", "is not a whole number"),
+        ("PORTAL_DB_POOL_SIZE", "0", "is not a whole number between 1 and 200"),
+        ("PORTAL_REDIS_URL", "http://127.0.0.1:6379", "is not a URL like redis://"),
+        ("PORTAL_REDIS_URL", "redis://:pw@127.0.0.1:notaport/0", "is not a URL like redis://"),
+        ("PORTAL_DATABASE_URL", "mysql://db/portal", "is not a URL like postgresql://"),
+        ("PORTAL_ADMIN_TOKEN", "short", "at least 8 characters"),
+        ("SENTRY_DSN", "not a url", "is not a URL like https://"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "is not a URL like http://"),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_value_and_what_is_allowed(variable, value, expected):
+    env = {"PORTAL_DATABASE_URL": DB, variable: value}
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert err.value.variable == variable
+    assert str(err.value).startswith(f"{variable}: ")
+    assert expected in str(err.value)
+
+
+def test_a_password_in_a_bad_url_is_not_echoed():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(
+            {"PORTAL_DATABASE_URL": DB, "PORTAL_REDIS_URL": "http://:hunter2secret@redis:6379/0"}
+        )
+    assert "hunter2secret" not in str(err.value)
+
+
+def test_the_database_url_is_required():
+    with pytest.raises(SettingsError, match=r"^PORTAL_DATABASE_URL: not set"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORTAL_DATABASE_URL": DB, "PORTAL_FAULT_ERROR_RATE": "abc"}, "PORTAL_FAULT_ERROR_RATE"),
+        ({"PORTAL_DATABASE_URL": DB, "PORTAL_TRACK": "green"}, "PORTAL_TRACK"),
+        ({}, "PORTAL_DATABASE_URL"),
+    ],
+)
+def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(env, variable):
+    result = run_cli("serve", "--port", "1", env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    assert lines[0].startswith(f"{variable}: ")
+
+
+def test_migrate_with_a_bad_setting_exits_2_too():
+    result = run_cli("migrate", env={"PORTAL_DATABASE_URL": DB, "PORTAL_DB_POOL_SIZE": "lots"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "PORTAL_DB_POOL_SIZE: 'lots' is not a whole number between 1 and 200"
+    )
+
+
+def test_a_bad_command_line_is_one_line_too():
+    result = run_cli("serve", "--port", "http", env={"PORTAL_DATABASE_URL": DB})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--port" in result.stderr
