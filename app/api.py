@@ -285,8 +285,8 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
 
     @probes.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
-        rt.metrics.db_pool_in_use.set(db.connections_in_use())
-        rt.metrics.redis_in_use.set(cache.connections_in_use())
+        rt.metrics.set_connections("db_pool", db.connections_in_use())
+        rt.metrics.set_connections("redis", cache.connections_in_use())
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return [probes, api, ops]

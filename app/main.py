@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
     settings = settings or Settings.from_env(os.environ)
     own_provider = tracer_provider is None
     provider = tracer_provider or telemetry.tracer_provider_for(settings)
-    metrics = Metrics(settings.version, settings.track)
+    metrics = Metrics(settings.version, settings.track, enabled=settings.instrumentation)
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
@@ -88,7 +88,10 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
     errors.install(app, runtime)
     for router in build_routers(runtime):
         app.include_router(router)
-    app.add_middleware(PortalMiddleware, runtime=runtime)
+    if settings.instrumentation:
+        app.add_middleware(PortalMiddleware, runtime=runtime)
+    else:
+        log.warning("PORTAL_INSTRUMENTATION=off: no metrics, statistics or X- headers")
     if provider is not None:
         telemetry.instrument_app(app, provider)
     return app

@@ -48,7 +48,7 @@ class PortalMiddleware:
         ctx, token = context.begin(method, scope["path"])
         status = 500
         started = False
-        self.metrics.inflight.inc()
+        self.metrics.inflight += 1
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, started
@@ -84,7 +84,7 @@ class PortalMiddleware:
                 await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
         finally:
             elapsed = time.perf_counter() - start
-            self.metrics.inflight.dec()
+            self.metrics.inflight -= 1
             context.end(token)
             route = _route_template(scope)
             self.metrics.observe_request(method, route, status, elapsed)

@@ -86,6 +86,8 @@ class Settings:
     otel_endpoint: str | None = None
     otel_service_name: str = "portal"
     log_level: str = "INFO"
+    instrumentation: bool = True
+    """Off only to measure the instrumentation's own cost (no metrics, headers or stats)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, require_database: bool = True) -> Settings:
@@ -136,6 +138,7 @@ class Settings:
             ),
             otel_service_name=r.label("OTEL_SERVICE_NAME", "portal"),
             log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
+            instrumentation=r.choice("PORTAL_INSTRUMENTATION", "on", ("on", "off")) == "on",
         )
 
     def ttl(self, cache_class: str) -> int:

@@ -164,3 +164,12 @@ async def test_two_apps_in_one_process_keep_separate_registries(portal_dsn):
         'http_requests_total{method="GET",route="/api/users/{user_id}/dashboard",'
         'status="200",track="canary",version="2.0.0"} 2.0'
     ) in canary_text
+
+
+async def test_instrumentation_off_records_nothing_for_overhead_measurements(portal_dsn):
+    settings = settings_for(portal_dsn, PORTAL_INSTRUMENTATION="off")
+    async with running_app(settings) as client:
+        r = await client.get("/api/users/1/dashboard")
+        families = parse((await client.get("/metrics")).text)
+    assert r.status_code == 200 and "x-query-count" not in r.headers
+    assert not families["http_requests_total"] and not families["db_queries_total"]
