@@ -1,0 +1,282 @@
+"""The Prometheus alert rules of a stack, generated from the config model.
+
+A pure function of the config (no Pulumi import), so the deployed rules, the local stack and the
+runbooks load the same rules. The thresholds are the ones the release gates read: ``cfg.slo``
+defines "too many errors" and "too slow" for both, ``cfg.alerts`` the rest.
+
+Every rule carries ``severity`` and ``runbook`` (the runbook's slug) labels and ``summary``,
+``description`` (with the measured value) and ``runbook_url`` annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from components.config import StackConfig
+from components.prometheus_config import JOB_REDIS
+
+RUNBOOKS: dict[str, str] = {
+    "PortalHighErrorRate": "high-error-rate",
+    "PortalHighLatency": "high-latency",
+    "PortalLowCacheHitRate": "low-cache-hit-rate",
+    "PortalSlowQueries": "slow-queries",
+    "PostgresConnectionSaturation": "postgres-connections",
+    "RedisDown": "redis-down",
+    "RedisMemoryHigh": "redis-memory",
+    "PortalInstancesNotReady": "instances-not-ready",
+    "PortalMigrationJobFailed": "migration-failed",
+    "PortalReleaseAborted": "release-aborted",
+}
+"""Alert name -> runbook slug (``runbooks/<slug>.md``). The runbooks rely on these names."""
+
+EXCLUDED_ROUTES = "/api/health.*|/metrics"
+"""Routes that are not user traffic: kept out of error-rate and latency expressions."""
+
+WINDOW = "5m"
+"""Rate window of the service expressions."""
+
+RELEASE_JOB = "portal_release"
+"""Pushgateway job under which ``portalctl`` publishes release events."""
+
+RELEASE_ABORTED_WINDOW_S = 3600
+"""PortalReleaseAborted fires for this long after an abort (then resolves by itself)."""
+
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    severity: Severity
+    expr: str
+    for_: str | None
+    """How long the condition must hold; ``None`` fires at the first evaluation."""
+    summary: str
+    description: str
+    """Alertmanager template text; includes the measured ``$value``."""
+
+    @property
+    def slug(self) -> str:
+        return RUNBOOKS[self.name]
+
+
+def _num(value: float) -> str:
+    """A threshold as PromQL and people read it (0.02, 0.5, 100)."""
+    return format(value, ".10g")
+
+
+def _traffic(extra: str = "") -> str:
+    selector = f'route!~"{EXCLUDED_ROUTES}"'
+    return "{" + (f"{extra}," if extra else "") + selector + "}"
+
+
+def error_ratio_expr(by: str = "track", window: str = WINDOW) -> str:
+    """Fraction of user requests answered 5xx, per ``by``."""
+    errors = _traffic('status=~"5.."')
+    return (
+        f"sum by ({by}) (rate(http_requests_total{errors}[{window}]))"
+        f" / sum by ({by}) (rate(http_requests_total{_traffic()}[{window}]))"
+    )
+
+
+def latency_quantile_expr(quantile: float, by: str = "track", window: str = WINDOW) -> str:
+    """Request latency quantile in seconds, per ``by``."""
+    return (
+        f"histogram_quantile({_num(quantile)}, sum by ({by}, le) "
+        f"(rate(http_request_duration_seconds_bucket{_traffic()}[{window}])))"
+    )
+
+
+def alerts(cfg: StackConfig) -> list[Alert]:
+    """Every alert of the stack, in runbook order."""
+    a = cfg.alerts
+    n = cfg.names
+    ns = cfg.namespace
+    slo_pct = _num(cfg.slo.max_error_rate * 100)
+    workloads = f"{n.stable}|{n.canary}"
+    return [
+        Alert(
+            name="PortalHighErrorRate",
+            severity="critical",
+            expr=f"{error_ratio_expr()} > {_num(cfg.slo.max_error_rate)}",
+            for_=a.for_duration,
+            summary="Portal {{ $labels.track }} error rate is above the SLO",
+            description=(
+                "{{ $value | humanizePercentage }} of requests to the {{ $labels.track }} track "
+                f"failed with a 5xx over the last {WINDOW} (the SLO allows {slo_pct}%)."
+            ),
+        ),
+        Alert(
+            name="PortalHighLatency",
+            severity="warning",
+            expr=f"{latency_quantile_expr(0.95)} > {_num(cfg.slo.max_p95_ms / 1000)}",
+            for_=a.for_duration,
+            summary="Portal {{ $labels.track }} p95 latency is above the SLO",
+            description=(
+                "p95 request latency of the {{ $labels.track }} track is "
+                "{{ $value | humanizeDuration }} over the last "
+                f"{WINDOW} (the SLO allows {_num(cfg.slo.max_p95_ms)} ms)."
+            ),
+        ),
+        Alert(
+            name="PortalLowCacheHitRate",
+            severity="warning",
+            expr=(
+                f"sum(rate(cache_hits_total[{WINDOW}])) / (sum(rate(cache_hits_total[{WINDOW}]))"
+                f" + sum(rate(cache_misses_total[{WINDOW}]))) < {_num(a.cache_hit_rate_min)}"
+            ),
+            for_=a.for_duration,
+            summary="Portal cache hit rate is low",
+            description=(
+                "{{ $value | humanizePercentage }} of cache lookups were hits over the last "
+                f"{WINDOW} (expected at least {_num(a.cache_hit_rate_min * 100)}%)."
+            ),
+        ),
+        Alert(
+            name="PortalSlowQueries",
+            severity="warning",
+            expr=(
+                "histogram_quantile(0.95, sum by (operation, le) "
+                f"(rate(db_query_duration_seconds_bucket[{WINDOW}]))) "
+                f"> {_num(a.slow_query_ms / 1000)}"
+            ),
+            for_=a.for_duration,
+            summary="Portal {{ $labels.operation }} queries are slow",
+            description=(
+                "p95 duration of {{ $labels.operation }} queries is "
+                f"{{{{ $value | humanizeDuration }}}} over the last {WINDOW} "
+                f"(threshold {_num(a.slow_query_ms)} ms)."
+            ),
+        ),
+        Alert(
+            name="PostgresConnectionSaturation",
+            severity="critical",
+            expr=(
+                "sum by (instance) (pg_stat_activity_count) / max by (instance) "
+                f"(pg_settings_max_connections) > {_num(a.pg_connections_max_ratio)}"
+            ),
+            for_=a.for_duration,
+            summary="Postgres connections are near max_connections",
+            description=(
+                "{{ $value | humanizePercentage }} of max_connections are in use on "
+                "{{ $labels.instance }} (threshold "
+                f"{_num(a.pg_connections_max_ratio * 100)}%)."
+            ),
+        ),
+        Alert(
+            name="RedisDown",
+            severity="critical",
+            expr=f'redis_up == 0 or up{{job="{JOB_REDIS}"}} == 0',
+            for_="1m",
+            summary="Redis is down",
+            description=(
+                "Redis at {{ $labels.instance }} does not answer (value {{ $value }}: redis_up "
+                "or the exporter's scrape is 0); the portal serves from its in-process cache."
+            ),
+        ),
+        Alert(
+            name="RedisMemoryHigh",
+            severity="warning",
+            expr=(
+                "redis_memory_used_bytes / (redis_memory_max_bytes > 0) "
+                f"> {_num(a.redis_memory_max_ratio)}"
+            ),
+            for_=a.for_duration,
+            summary="Redis memory is near maxmemory",
+            description=(
+                "Redis at {{ $labels.instance }} uses {{ $value | humanizePercentage }} of its "
+                f"maxmemory ({cfg.redis.max_memory}; threshold "
+                f"{_num(a.redis_memory_max_ratio * 100)}%); keys are being evicted."
+            ),
+        ),
+        Alert(
+            name="PortalInstancesNotReady",
+            severity="warning",
+            expr=(
+                "sum by (deployment) (kube_deployment_status_replicas_unavailable"
+                f'{{namespace="{ns}",deployment=~"{workloads}"}}) > 0'
+            ),
+            for_=a.for_duration,
+            summary="Portal pods of {{ $labels.deployment }} are not ready",
+            description=(
+                "{{ $value }} pod(s) of {{ $labels.deployment }} in "
+                f"{ns} have not been ready for {a.for_duration}."
+            ),
+        ),
+        Alert(
+            name="PortalMigrationJobFailed",
+            severity="critical",
+            expr=(
+                "max by (job_name) (kube_job_failed"
+                f'{{namespace="{ns}",job_name=~"{n.migration_job_prefix}.*",condition="true"}})'
+                " > 0"
+            ),
+            for_=None,
+            summary="Migration Job {{ $labels.job_name }} failed",
+            description=(
+                "Migration Job {{ $labels.job_name }} in "
+                f"{ns} failed (value {{{{ $value }}}}: it hit its backoffLimit or "
+                "activeDeadlineSeconds); the app Deployments were not updated."
+            ),
+        ),
+        Alert(
+            name="PortalReleaseAborted",
+            severity="warning",
+            expr=(
+                "time() - max by (release, version) (portal_release_aborted_timestamp_seconds"
+                f'{{job="{RELEASE_JOB}",stack="{cfg.stack}"}}) < {RELEASE_ABORTED_WINDOW_S}'
+            ),
+            for_=None,
+            summary="Release {{ $labels.release }} of {{ $labels.version }} was aborted",
+            description=(
+                "Release {{ $labels.release }} ({{ $labels.version }}) was aborted "
+                "{{ $value | humanizeDuration }} ago and the canary rolled back; the alert "
+                f"resolves {RELEASE_ABORTED_WINDOW_S // 60} minutes after the abort."
+            ),
+        ),
+    ]
+
+
+def _rule(cfg: StackConfig, alert: Alert) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr}
+    if alert.for_ is not None:
+        rule["for"] = alert.for_
+    rule["labels"] = {"severity": alert.severity, "runbook": alert.slug}
+    rule["annotations"] = {
+        "summary": alert.summary,
+        "description": alert.description,
+        "runbook_url": cfg.alerts.runbook_url(alert.slug),
+    }
+    return rule
+
+
+_GROUPS = {
+    "portal-service": (
+        "PortalHighErrorRate",
+        "PortalHighLatency",
+        "PortalLowCacheHitRate",
+        "PortalSlowQueries",
+        "PortalInstancesNotReady",
+    ),
+    "portal-datastores": ("PostgresConnectionSaturation", "RedisDown", "RedisMemoryHigh"),
+    "portal-releases": ("PortalMigrationJobFailed", "PortalReleaseAborted"),
+}
+
+
+def rule_groups(cfg: StackConfig) -> dict[str, Any]:
+    """The rule file as a mapping (``{"groups": [...]}``)."""
+    by_name = {a.name: a for a in alerts(cfg)}
+    return {
+        "groups": [
+            {"name": group, "rules": [_rule(cfg, by_name[name]) for name in names]}
+            for group, names in _GROUPS.items()
+        ]
+    }
+
+
+def render_rules(cfg: StackConfig) -> str:
+    """The rule file as text."""
+    return yaml.safe_dump(rule_groups(cfg), sort_keys=False, width=1000)

@@ -1,0 +1,199 @@
+"""Building blocks the components share: standard labels, metadata, security contexts, probes,
+resources and env entries, as ``pulumi_kubernetes`` input types.
+
+Every object carries the standard ``app.kubernetes.io/*`` labels. Selectors use ``name`` and
+``component`` only (plus ``portal.dev/track`` for the app): labels that never change for the
+life of a workload, unlike ``version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import Resources, StackConfig
+
+NAME = "app.kubernetes.io/name"
+INSTANCE = "app.kubernetes.io/instance"
+VERSION = "app.kubernetes.io/version"
+COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+TRACK = "portal.dev/track"
+
+# app.kubernetes.io/component of each workload.
+API = "api"
+MIGRATION = "migration"
+DATABASE = "database"
+CACHE = "cache"
+MONITORING = "monitoring"
+DASHBOARDS = "dashboards"
+TRACING = "tracing"
+CLUSTER_METRICS = "cluster-metrics"
+RELEASE_EVENTS = "release-events"
+
+APP_UID = 10001
+"""The uid the portal image runs as (its Dockerfile's USER)."""
+
+SIDECAR_RESOURCES = Resources("50m", "64Mi", "250m", "128Mi")
+"""Requests and limits of the exporters, kube-state-metrics and the Pushgateway."""
+
+
+def image_tag(image: str) -> str:
+    """The tag of an image pinned by tag (``repo:tag``)."""
+    return image.rsplit(":", 1)[1]
+
+
+def selector(name: str, component: str) -> dict[str, str]:
+    """The labels a workload's selector and the NetworkPolicies match on."""
+    return {NAME: name, COMPONENT: component}
+
+
+def standard_labels(cfg: StackConfig, name: str, component: str, version: str) -> dict[str, str]:
+    """The six standard labels every object carries."""
+    return {
+        **selector(name, component),
+        INSTANCE: cfg.environment,
+        VERSION: version,
+        PART_OF: cfg.names.app,
+        MANAGED_BY: "pulumi",
+    }
+
+
+def metadata(
+    name: str,
+    namespace: pulumi.Input[str] | None,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, pulumi.Input[str]] | None = None,
+) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        name=name,
+        namespace=namespace,
+        labels=dict(labels),
+        annotations=dict(annotations) if annotations else None,
+    )
+
+
+def pod_security(uid: int, gid: int | None = None) -> k8s.core.v1.PodSecurityContextArgs:
+    """Non-root pods with the runtime's default seccomp profile; volumes owned by ``gid``."""
+    group = uid if gid is None else gid
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=uid,
+        run_as_group=group,
+        fs_group=group,
+        fs_group_change_policy="OnRootMismatch",
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def container_security(uid: int | None = None) -> k8s.core.v1.SecurityContextArgs:
+    """No privilege escalation, no capabilities, a read-only root filesystem."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        run_as_user=uid,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+    )
+
+
+def resources(r: Resources) -> k8s.core.v1.ResourceRequirementsArgs:
+    spec = r.as_k8s()
+    return k8s.core.v1.ResourceRequirementsArgs(requests=spec["requests"], limits=spec["limits"])
+
+
+def http_probe(
+    path: str,
+    port: str | int,
+    *,
+    period: int = 10,
+    timeout: int = 3,
+    failures: int = 3,
+    initial_delay: int = 0,
+) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port=port),
+        period_seconds=period,
+        timeout_seconds=timeout,
+        failure_threshold=failures,
+        initial_delay_seconds=initial_delay or None,
+    )
+
+
+def exec_probe(
+    command: Sequence[str],
+    *,
+    period: int = 10,
+    timeout: int = 5,
+    failures: int = 3,
+) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        exec_=k8s.core.v1.ExecActionArgs(command=list(command)),
+        period_seconds=period,
+        timeout_seconds=timeout,
+        failure_threshold=failures,
+    )
+
+
+def tcp_probe(port: str | int, *, period: int = 10, failures: int = 3) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        tcp_socket=k8s.core.v1.TCPSocketActionArgs(port=port),
+        period_seconds=period,
+        timeout_seconds=3,
+        failure_threshold=failures,
+    )
+
+
+def env(name: str, value: pulumi.Input[str]) -> k8s.core.v1.EnvVarArgs:
+    return k8s.core.v1.EnvVarArgs(name=name, value=value)
+
+
+def env_from_secret(name: str, secret: pulumi.Input[str], key: str) -> k8s.core.v1.EnvVarArgs:
+    return k8s.core.v1.EnvVarArgs(
+        name=name,
+        value_from=k8s.core.v1.EnvVarSourceArgs(
+            secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret, key=key),
+        ),
+    )
+
+
+def port(name: str, number: int) -> k8s.core.v1.ContainerPortArgs:
+    return k8s.core.v1.ContainerPortArgs(name=name, container_port=number, protocol="TCP")
+
+
+def service_port(name: str, number: int, target: str | int) -> k8s.core.v1.ServicePortArgs:
+    return k8s.core.v1.ServicePortArgs(name=name, port=number, target_port=target, protocol="TCP")
+
+
+def empty_dir(name: str, size: str = "64Mi") -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=size)
+    )
+
+
+def config_map_volume(name: str, config_map: pulumi.Input[str]) -> k8s.core.v1.VolumeArgs:
+    return k8s.core.v1.VolumeArgs(
+        name=name, config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map)
+    )
+
+
+def mount(name: str, path: str, read_only: bool = False) -> k8s.core.v1.VolumeMountArgs:
+    return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only or None)
+
+
+def ingress_from(
+    sources: Sequence[Mapping[str, str]], ports: Sequence[int]
+) -> k8s.networking.v1.NetworkPolicyIngressRuleArgs:
+    """Allow pods matching any of ``sources`` (same namespace) to reach ``ports``."""
+    return k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+        from_=[
+            k8s.networking.v1.NetworkPolicyPeerArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(s))
+            )
+            for s in sources
+        ],
+        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in ports],
+    )

@@ -1,0 +1,573 @@
+"""Observability: Prometheus (scrape config and alert rules generated from the config model),
+the Pushgateway that ``portalctl`` pushes release events to, kube-state-metrics limited to the
+namespace (Job and Deployment state for the alert rules), Grafana with its datasources and the two
+dashboards provisioned from files, and Jaeger all-in-one receiving OTLP.
+
+Prometheus and kube-state-metrics read the Kubernetes API through ServiceAccounts bound to
+namespace-scoped Roles; nothing here needs a ClusterRole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+
+from components import alerts, dashboards, kube, prometheus_config
+from components.config import StackConfig
+
+PROMETHEUS_UID = 65534
+GRAFANA_UID = 472
+JAEGER_UID = 10001
+NOBODY = 65534
+
+GRAFANA_PORT = 3000
+JAEGER_UI_PORT = 16686
+JAEGER_OTLP_GRPC_PORT = 4317
+JAEGER_OTLP_HTTP_PORT = 4318
+JAEGER_ADMIN_PORT = 14269
+KSM_TELEMETRY_PORT = 8081
+
+KSM_RESOURCES = ("deployments", "jobs", "pods", "replicasets", "statefulsets")
+"""What kube-state-metrics reports on (and what its Role may list and watch)."""
+
+GRAFANA_ADMIN_USER = "admin"
+PASSWORD_KEY = "admin-password"  # noqa: S105 - a key name
+USER_KEY = "admin-user"
+
+
+def checksum(*texts: str) -> str:
+    """A pod-template annotation value that changes with the config, so pods roll on change."""
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+
+
+def retention_size(storage_size: str) -> str | None:
+    """90% of a Gi/Ti volume in Prometheus units, so the TSDB never fills its volume."""
+    match = re.fullmatch(r"(\d+)(Gi|Ti)", storage_size)
+    if not match:
+        return None
+    gib = int(match.group(1)) * (1024 if match.group(2) == "Ti" else 1)
+    return f"{max(1, gib * 9 // 10)}GB"
+
+
+@dataclass(frozen=True)
+class ObservabilityArgs:
+    config: StackConfig
+    """The validated stack config."""
+    namespace: pulumi.Input[str]
+    """Namespace to deploy into (the Namespace resource's name output)."""
+
+
+class Observability(pulumi.ComponentResource):
+    """Prometheus, Pushgateway, kube-state-metrics, Grafana and Jaeger."""
+
+    prometheus_service: pulumi.Output[str]
+    pushgateway_service: pulumi.Output[str]
+    grafana_service: pulumi.Output[str]
+    jaeger_service: pulumi.Output[str]
+    otlp_endpoint: pulumi.Output[str]
+    """OTLP/HTTP endpoint of Jaeger for the app (``http://jaeger:4318``)."""
+    grafana_password: pulumi.Output[str]
+    kube_state_metrics_service: pulumi.Output[str]
+    prometheus_config: str
+    """The generated ``prometheus.yml``."""
+    rules: str
+    """The generated alert rules."""
+
+    def __init__(
+        self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("portal:observability:Observability", name, None, opts)
+        self._name = name
+        self._cfg = args.config
+        self._ns = args.namespace
+        self.prometheus_config = prometheus_config.render(
+            args.config, prometheus_config.kubernetes_targets(args.config)
+        )
+        self.rules = alerts.render_rules(args.config)
+        self.prometheus_service = self._prometheus()
+        self.pushgateway_service = self._pushgateway()
+        self.kube_state_metrics_service = self._kube_state_metrics()
+        self.jaeger_service, self.otlp_endpoint = self._jaeger()
+        self.grafana_service, self.grafana_password = self._grafana()
+        self.register_outputs(
+            {
+                "prometheusService": self.prometheus_service,
+                "pushgatewayService": self.pushgateway_service,
+                "grafanaService": self.grafana_service,
+                "jaegerService": self.jaeger_service,
+                "otlpEndpoint": self.otlp_endpoint,
+            }
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _opts(self) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self)
+
+    def _labels(self, name: str, component: str, image: str) -> dict[str, str]:
+        return kube.standard_labels(self._cfg, name, component, kube.image_tag(image))
+
+    def _service(
+        self,
+        role: str,
+        name: str,
+        labels: dict[str, str],
+        match: pulumi.Input[dict[str, str]],
+        ports: list[k8s.core.v1.ServicePortArgs],
+    ) -> pulumi.Output[str]:
+        service = k8s.core.v1.Service(
+            f"{self._name}-{role}-service",
+            metadata=kube.metadata(name, self._ns, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(selector=match, ports=ports),
+            opts=self._opts(),
+        )
+        return service.metadata.name
+
+    def _reader_account(
+        self, role: str, name: str, labels: dict[str, str], rules: list[k8s.rbac.v1.PolicyRuleArgs]
+    ) -> pulumi.Output[str]:
+        """A ServiceAccount bound to a Role in the namespace."""
+        account = k8s.core.v1.ServiceAccount(
+            f"{self._name}-{role}-service-account",
+            metadata=kube.metadata(name, self._ns, labels),
+            opts=self._opts(),
+        )
+        rbac_role = k8s.rbac.v1.Role(
+            f"{self._name}-{role}-role",
+            metadata=kube.metadata(name, self._ns, labels),
+            rules=rules,
+            opts=self._opts(),
+        )
+        k8s.rbac.v1.RoleBinding(
+            f"{self._name}-{role}-role-binding",
+            metadata=kube.metadata(name, self._ns, labels),
+            role_ref=k8s.rbac.v1.RoleRefArgs(
+                api_group="rbac.authorization.k8s.io",
+                kind="Role",
+                name=rbac_role.metadata.name,
+            ),
+            subjects=[
+                k8s.rbac.v1.SubjectArgs(
+                    kind="ServiceAccount",
+                    name=account.metadata.name,
+                    namespace=self._ns,
+                )
+            ],
+            opts=self._opts(),
+        )
+        return account.metadata.name
+
+    # -- Prometheus ------------------------------------------------------------------------
+
+    def _prometheus(self) -> pulumi.Output[str]:
+        cfg = self._cfg
+        obs = cfg.observability
+        names = cfg.names
+        labels = self._labels(names.prometheus, kube.MONITORING, obs.prometheus_image)
+        match = kube.selector(names.prometheus, kube.MONITORING)
+        account = self._reader_account(
+            "prometheus",
+            names.prometheus,
+            labels,
+            [
+                # kubernetes_sd (role: pod) in this namespace only.
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=[""], resources=["pods"], verbs=["get", "list", "watch"]
+                ),
+            ],
+        )
+        config = k8s.core.v1.ConfigMap(
+            f"{self._name}-prometheus-config",
+            metadata=kube.metadata(f"{names.prometheus}-config", self._ns, labels),
+            data={
+                "prometheus.yml": self.prometheus_config,
+                prometheus_config.RULES_FILE: self.rules,
+            },
+            opts=self._opts(),
+        )
+        args = [
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            f"--storage.tsdb.retention.time={obs.retention}",
+            f"--web.listen-address=:{names.prometheus_port}",
+            "--web.enable-lifecycle",
+        ]
+        size = retention_size(obs.prometheus_storage_size)
+        if size:
+            args.append(f"--storage.tsdb.retention.size={size}")
+        container = k8s.core.v1.ContainerArgs(
+            name="prometheus",
+            image=obs.prometheus_image,
+            args=args,
+            ports=[kube.port("web", names.prometheus_port)],
+            resources=kube.resources(obs.prometheus_resources),
+            startup_probe=kube.http_probe("/-/ready", "web", period=5, failures=60),
+            readiness_probe=kube.http_probe("/-/ready", "web", period=10),
+            liveness_probe=kube.http_probe("/-/healthy", "web", period=20, failures=6),
+            security_context=kube.container_security(),
+            volume_mounts=[
+                kube.mount("config", "/etc/prometheus", read_only=True),
+                kube.mount("data", "/prometheus"),
+            ],
+        )
+        service = self._service(
+            "prometheus",
+            names.prometheus,
+            labels,
+            match,
+            [kube.service_port("web", names.prometheus_port, "web")],
+        )
+        k8s.apps.v1.StatefulSet(
+            f"{self._name}-prometheus",
+            metadata=kube.metadata(names.prometheus, self._ns, labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                replicas=1,
+                service_name=service,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels,
+                        annotations={
+                            "checksum/config": checksum(self.prometheus_config, self.rules)
+                        },
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=account,
+                        security_context=kube.pod_security(PROMETHEUS_UID),
+                        enable_service_links=False,
+                        termination_grace_period_seconds=300,
+                        containers=[container],
+                        volumes=[kube.config_map_volume("config", config.metadata.name)],
+                    ),
+                ),
+                volume_claim_templates=[
+                    k8s.core.v1.PersistentVolumeClaimArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels),
+                        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                            access_modes=["ReadWriteOnce"],
+                            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                                requests={"storage": obs.prometheus_storage_size}
+                            ),
+                        ),
+                    )
+                ],
+            ),
+            opts=self._opts(),
+        )
+        return service
+
+    # -- Pushgateway -----------------------------------------------------------------------
+
+    def _pushgateway(self) -> pulumi.Output[str]:
+        cfg = self._cfg
+        names = cfg.names
+        image = cfg.observability.pushgateway_image
+        labels = self._labels(names.pushgateway, kube.RELEASE_EVENTS, image)
+        match = kube.selector(names.pushgateway, kube.RELEASE_EVENTS)
+        container = k8s.core.v1.ContainerArgs(
+            name="pushgateway",
+            image=image,
+            args=[
+                f"--web.listen-address=:{names.pushgateway_port}",
+                # Release events survive a container restart (not a new pod: the alert is
+                # about the last hour, and portalctl's ledger keeps the full history).
+                "--persistence.file=/data/pushgateway.db",
+                "--persistence.interval=1m",
+            ],
+            ports=[kube.port("http", names.pushgateway_port)],
+            resources=kube.resources(kube.SIDECAR_RESOURCES),
+            readiness_probe=kube.http_probe("/-/ready", "http"),
+            liveness_probe=kube.http_probe("/-/healthy", "http", period=20, failures=6),
+            security_context=kube.container_security(),
+            volume_mounts=[kube.mount("data", "/data")],
+        )
+        k8s.apps.v1.Deployment(
+            f"{self._name}-pushgateway",
+            metadata=kube.metadata(names.pushgateway, self._ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        security_context=kube.pod_security(NOBODY),
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        containers=[container],
+                        volumes=[kube.empty_dir("data")],
+                    ),
+                ),
+            ),
+            opts=self._opts(),
+        )
+        return self._service(
+            "pushgateway",
+            names.pushgateway,
+            labels,
+            match,
+            [kube.service_port("http", names.pushgateway_port, "http")],
+        )
+
+    # -- kube-state-metrics ----------------------------------------------------------------
+
+    def _kube_state_metrics(self) -> pulumi.Output[str]:
+        cfg = self._cfg
+        names = cfg.names
+        image = cfg.observability.kube_state_metrics_image
+        labels = self._labels(names.kube_state_metrics, kube.CLUSTER_METRICS, image)
+        match = kube.selector(names.kube_state_metrics, kube.CLUSTER_METRICS)
+        account = self._reader_account(
+            "kube-state-metrics",
+            names.kube_state_metrics,
+            labels,
+            [
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=[""], resources=["pods"], verbs=["list", "watch"]
+                ),
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=["apps"],
+                    resources=["deployments", "replicasets", "statefulsets"],
+                    verbs=["list", "watch"],
+                ),
+                k8s.rbac.v1.PolicyRuleArgs(
+                    api_groups=["batch"], resources=["jobs"], verbs=["list", "watch"]
+                ),
+            ],
+        )
+        port = prometheus_config.KUBE_STATE_METRICS_PORT
+        container = k8s.core.v1.ContainerArgs(
+            name="kube-state-metrics",
+            image=image,
+            args=[
+                f"--port={port}",
+                f"--telemetry-port={KSM_TELEMETRY_PORT}",
+                f"--namespaces={cfg.namespace}",
+                f"--resources={','.join(KSM_RESOURCES)}",
+            ],
+            ports=[kube.port("http-metrics", port), kube.port("telemetry", KSM_TELEMETRY_PORT)],
+            resources=kube.resources(kube.SIDECAR_RESOURCES),
+            readiness_probe=kube.http_probe("/readyz", "telemetry"),
+            liveness_probe=kube.http_probe("/livez", "http-metrics", period=20, failures=6),
+            security_context=kube.container_security(),
+        )
+        k8s.apps.v1.Deployment(
+            f"{self._name}-kube-state-metrics",
+            metadata=kube.metadata(names.kube_state_metrics, self._ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        service_account_name=account,
+                        security_context=kube.pod_security(NOBODY),
+                        enable_service_links=False,
+                        containers=[container],
+                    ),
+                ),
+            ),
+            opts=self._opts(),
+        )
+        return self._service(
+            "kube-state-metrics",
+            names.kube_state_metrics,
+            labels,
+            match,
+            [kube.service_port("http-metrics", port, "http-metrics")],
+        )
+
+    # -- Jaeger ----------------------------------------------------------------------------
+
+    def _jaeger(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        cfg = self._cfg
+        obs = cfg.observability
+        names = cfg.names
+        labels = self._labels(names.jaeger, kube.TRACING, obs.jaeger_image)
+        match = kube.selector(names.jaeger, kube.TRACING)
+        container = k8s.core.v1.ContainerArgs(
+            name="jaeger",
+            image=obs.jaeger_image,
+            args=["--memory.max-traces=50000"],
+            env=[
+                kube.env("SPAN_STORAGE_TYPE", "memory"),
+                kube.env("COLLECTOR_OTLP_ENABLED", "true"),
+            ],
+            ports=[
+                kube.port("ui", JAEGER_UI_PORT),
+                kube.port("otlp-grpc", JAEGER_OTLP_GRPC_PORT),
+                kube.port("otlp-http", JAEGER_OTLP_HTTP_PORT),
+                kube.port("admin", JAEGER_ADMIN_PORT),
+            ],
+            resources=kube.resources(obs.jaeger_resources),
+            readiness_probe=kube.http_probe("/", "admin"),
+            liveness_probe=kube.http_probe("/", "admin", period=20, failures=6),
+            security_context=kube.container_security(),
+            volume_mounts=[kube.mount("tmp", "/tmp")],  # noqa: S108 - an emptyDir
+        )
+        k8s.apps.v1.Deployment(
+            f"{self._name}-jaeger",
+            metadata=kube.metadata(names.jaeger, self._ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        security_context=kube.pod_security(JAEGER_UID),
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        containers=[container],
+                        volumes=[kube.empty_dir("tmp")],
+                    ),
+                ),
+            ),
+            opts=self._opts(),
+        )
+        service = self._service(
+            "jaeger",
+            names.jaeger,
+            labels,
+            match,
+            [
+                kube.service_port("ui", JAEGER_UI_PORT, "ui"),
+                kube.service_port("otlp-grpc", JAEGER_OTLP_GRPC_PORT, "otlp-grpc"),
+                kube.service_port("otlp-http", JAEGER_OTLP_HTTP_PORT, "otlp-http"),
+            ],
+        )
+        return service, pulumi.Output.format("http://{0}:{1}", service, JAEGER_OTLP_HTTP_PORT)
+
+    # -- Grafana ---------------------------------------------------------------------------
+
+    def _grafana(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        cfg = self._cfg
+        obs = cfg.observability
+        names = cfg.names
+        labels = self._labels(names.grafana, kube.DASHBOARDS, obs.grafana_image)
+        match = kube.selector(names.grafana, kube.DASHBOARDS)
+        password = random.RandomPassword(
+            f"{self._name}-grafana-password", length=24, special=False, opts=self._opts()
+        )
+        secret = k8s.core.v1.Secret(
+            f"{self._name}-grafana-secret",
+            metadata=kube.metadata(f"{names.grafana}-admin", self._ns, labels),
+            type="Opaque",
+            string_data={USER_KEY: GRAFANA_ADMIN_USER, PASSWORD_KEY: password.result},
+            opts=self._opts(),
+        )
+        interval = prometheus_config.prometheus_duration(obs.scrape_interval_s)
+        provisioning_files = {
+            "datasources.yaml": yaml.safe_dump(
+                dashboards.datasources(
+                    f"http://{names.prometheus}:{names.prometheus_port}",
+                    f"http://{names.jaeger}:{JAEGER_UI_PORT}",
+                    interval,
+                ),
+                sort_keys=False,
+            ),
+            "dashboards.yaml": yaml.safe_dump(dashboards.dashboard_provider(), sort_keys=False),
+        }
+        provisioning = k8s.core.v1.ConfigMap(
+            f"{self._name}-grafana-provisioning",
+            metadata=kube.metadata(f"{names.grafana}-provisioning", self._ns, labels),
+            data=provisioning_files,
+            opts=self._opts(),
+        )
+        dashboard_files = dashboards.dashboard_texts()
+        dashboard_map = k8s.core.v1.ConfigMap(
+            f"{self._name}-grafana-dashboards",
+            metadata=kube.metadata(f"{names.grafana}-dashboards", self._ns, labels),
+            data=dashboard_files,
+            opts=self._opts(),
+        )
+        secret_name = secret.metadata.name
+        home = f"{dashboards.DASHBOARD_MOUNT}/{dashboards.DASHBOARD_FILES[0]}"
+        container = k8s.core.v1.ContainerArgs(
+            name="grafana",
+            image=obs.grafana_image,
+            env=[
+                kube.env_from_secret("GF_SECURITY_ADMIN_USER", secret_name, USER_KEY),
+                kube.env_from_secret("GF_SECURITY_ADMIN_PASSWORD", secret_name, PASSWORD_KEY),
+                kube.env("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning"),
+                kube.env("GF_PATHS_DATA", "/var/lib/grafana"),
+                kube.env("GF_LOG_MODE", "console"),
+                kube.env("GF_USERS_ALLOW_SIGN_UP", "false"),
+                kube.env("GF_ANALYTICS_REPORTING_ENABLED", "false"),
+                kube.env("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
+                kube.env("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", home),
+            ],
+            ports=[kube.port("http", GRAFANA_PORT)],
+            resources=kube.resources(obs.grafana_resources),
+            readiness_probe=kube.http_probe("/api/health", "http"),
+            liveness_probe=kube.http_probe("/api/health", "http", period=20, failures=6),
+            security_context=kube.container_security(),
+            volume_mounts=[
+                kube.mount("provisioning", "/etc/grafana/provisioning", read_only=True),
+                kube.mount("dashboards", dashboards.DASHBOARD_MOUNT, read_only=True),
+                kube.mount("data", "/var/lib/grafana"),
+                kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir
+            ],
+        )
+        provisioning_volume = k8s.core.v1.VolumeArgs(
+            name="provisioning",
+            config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
+                name=provisioning.metadata.name,
+                items=[
+                    k8s.core.v1.KeyToPathArgs(
+                        key="datasources.yaml", path="datasources/datasources.yaml"
+                    ),
+                    k8s.core.v1.KeyToPathArgs(
+                        key="dashboards.yaml", path="dashboards/dashboards.yaml"
+                    ),
+                ],
+            ),
+        )
+        k8s.apps.v1.Deployment(
+            f"{self._name}-grafana",
+            metadata=kube.metadata(names.grafana, self._ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels,
+                        annotations={
+                            "checksum/config": checksum(
+                                json.dumps(provisioning_files, sort_keys=True),
+                                json.dumps(dashboard_files, sort_keys=True),
+                            )
+                        },
+                    ),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        security_context=kube.pod_security(GRAFANA_UID),
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        containers=[container],
+                        volumes=[
+                            provisioning_volume,
+                            kube.config_map_volume("dashboards", dashboard_map.metadata.name),
+                            kube.empty_dir("data", "1Gi"),
+                            kube.empty_dir("tmp"),
+                        ],
+                    ),
+                ),
+            ),
+            opts=self._opts(),
+        )
+        service = self._service(
+            "grafana",
+            names.grafana,
+            labels,
+            match,
+            [kube.service_port("http", GRAFANA_PORT, "http")],
+        )
+        return service, password.result

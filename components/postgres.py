@@ -1,0 +1,209 @@
+"""PostgreSQL: a StatefulSet with a volume claim, a postgres-exporter sidecar, a Service, a Secret
+holding a generated password, and a NetworkPolicy that admits only the app, the migration Job and
+Prometheus (to the exporter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components import kube
+from components.config import StackConfig
+from components.prometheus_config import POSTGRES_EXPORTER_PORT
+
+PORT = 5432
+UID = 70
+"""The postgres user of the official alpine image."""
+EXPORTER_UID = 65534
+DATA_DIR = "/var/lib/postgresql/data"
+
+USER_KEY = "POSTGRES_USER"
+PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name
+DATABASE_KEY = "POSTGRES_DB"
+
+
+@dataclass(frozen=True)
+class PostgresArgs:
+    config: StackConfig
+    """The validated stack config."""
+    namespace: pulumi.Input[str]
+    """Namespace to deploy into (the Namespace resource's name output)."""
+
+
+class Postgres(pulumi.ComponentResource):
+    """The stack's database."""
+
+    statefulset: k8s.apps.v1.StatefulSet
+    service: k8s.core.v1.Service
+    secret: k8s.core.v1.Secret
+    network_policy: k8s.networking.v1.NetworkPolicy
+    host: pulumi.Output[str]
+    """The Service name: how pods in the namespace reach the database."""
+    password: pulumi.Output[str]
+    """The generated password (a secret Output)."""
+    secret_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("portal:postgres:Postgres", name, None, opts)
+        cfg = args.config
+        pg = cfg.postgres
+        names = cfg.names
+        child = pulumi.ResourceOptions(parent=self)
+        labels = kube.standard_labels(cfg, names.postgres, kube.DATABASE, kube.image_tag(pg.image))
+        match = kube.selector(names.postgres, kube.DATABASE)
+
+        password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
+        self.secret = k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=kube.metadata(f"{names.postgres}-auth", args.namespace, labels),
+            type="Opaque",
+            string_data={
+                USER_KEY: pg.user,
+                PASSWORD_KEY: password.result,
+                DATABASE_KEY: pg.database,
+            },
+            opts=child,
+        )
+        secret_name = self.secret.metadata.name
+
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=kube.metadata(names.postgres, args.namespace, labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                selector=match,
+                ports=[
+                    kube.service_port("postgres", PORT, "postgres"),
+                    kube.service_port("metrics", POSTGRES_EXPORTER_PORT, "metrics"),
+                ],
+            ),
+            opts=child,
+        )
+
+        ready = [
+            "pg_isready",
+            "--host=127.0.0.1",
+            f"--port={PORT}",
+            f"--username={pg.user}",
+            f"--dbname={pg.database}",
+        ]
+        postgres = k8s.core.v1.ContainerArgs(
+            name="postgres",
+            image=pg.image,
+            args=[
+                "-c",
+                f"max_connections={pg.max_connections}",
+                "-c",
+                "shared_preload_libraries=pg_stat_statements",
+            ],
+            ports=[kube.port("postgres", PORT)],
+            env=[
+                kube.env_from_secret(USER_KEY, secret_name, USER_KEY),
+                kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
+                kube.env_from_secret(DATABASE_KEY, secret_name, DATABASE_KEY),
+                kube.env("PGDATA", f"{DATA_DIR}/pgdata"),
+            ],
+            resources=kube.resources(pg.resources),
+            # initdb on a new volume takes a while: the startup probe covers it.
+            startup_probe=kube.exec_probe(ready, period=5, failures=60),
+            readiness_probe=kube.exec_probe(ready, period=10),
+            liveness_probe=kube.exec_probe(ready, period=20, failures=6),
+            security_context=kube.container_security(),
+            volume_mounts=[
+                kube.mount("data", DATA_DIR),
+                kube.mount("run", "/var/run/postgresql"),
+                kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir, private to the pod
+            ],
+        )
+        exporter = k8s.core.v1.ContainerArgs(
+            name="postgres-exporter",
+            image=pg.exporter_image,
+            ports=[kube.port("metrics", POSTGRES_EXPORTER_PORT)],
+            env=[
+                kube.env("DATA_SOURCE_URI", f"127.0.0.1:{PORT}/{pg.database}?sslmode=disable"),
+                kube.env_from_secret("DATA_SOURCE_USER", secret_name, USER_KEY),
+                kube.env_from_secret("DATA_SOURCE_PASS", secret_name, PASSWORD_KEY),
+            ],
+            resources=kube.resources(kube.SIDECAR_RESOURCES),
+            readiness_probe=kube.http_probe("/", "metrics"),
+            liveness_probe=kube.http_probe("/", "metrics", period=20, failures=6),
+            security_context=kube.container_security(EXPORTER_UID),
+        )
+        claim = k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=pg.storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                requests={"storage": pg.storage_size}
+            ),
+        )
+        self.statefulset = k8s.apps.v1.StatefulSet(
+            f"{name}-statefulset",
+            metadata=kube.metadata(names.postgres, args.namespace, labels),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                replicas=1,
+                service_name=self.service.metadata.name,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                persistent_volume_claim_retention_policy=(
+                    k8s.apps.v1.StatefulSetPersistentVolumeClaimRetentionPolicyArgs(
+                        when_deleted="Retain", when_scaled="Retain"
+                    )
+                ),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        security_context=kube.pod_security(UID),
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        termination_grace_period_seconds=60,
+                        containers=[postgres, exporter],
+                        volumes=[kube.empty_dir("run", "16Mi"), kube.empty_dir("tmp", "256Mi")],
+                    ),
+                ),
+                volume_claim_templates=[
+                    k8s.core.v1.PersistentVolumeClaimArgs(
+                        metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels),
+                        spec=claim,
+                    )
+                ],
+            ),
+            opts=child,
+        )
+
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-network-policy",
+            metadata=kube.metadata(names.postgres, args.namespace, labels),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                policy_types=["Ingress"],
+                ingress=[
+                    kube.ingress_from(
+                        [
+                            kube.selector(names.app, kube.API),
+                            kube.selector(names.app, kube.MIGRATION),
+                        ],
+                        [PORT],
+                    ),
+                    kube.ingress_from(
+                        [kube.selector(names.prometheus, kube.MONITORING)],
+                        [POSTGRES_EXPORTER_PORT],
+                    ),
+                ],
+            ),
+            opts=child,
+        )
+
+        self.host = self.service.metadata.name
+        self.password = password.result
+        self.secret_name = secret_name
+        self.register_outputs(
+            {
+                "host": self.host,
+                "port": PORT,
+                "secretName": self.secret_name,
+                "statefulSet": self.statefulset.metadata.name,
+            }
+        )

@@ -1,0 +1,166 @@
+"""The Prometheus configuration of a stack, generated from the config model.
+
+A pure function of the config (no Pulumi import): the observability component deploys its output,
+and the local stack and the tests render the same configuration with loopback targets. The scrape
+job names are defined here once; the alert rules match on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from components.config import StackConfig
+
+JOB_APP = "portal"
+JOB_POSTGRES = "postgres"
+JOB_REDIS = "redis"
+JOB_PUSHGATEWAY = "pushgateway"
+JOB_KUBE_STATE_METRICS = "kube-state-metrics"
+JOB_PROMETHEUS = "prometheus"
+
+RULES_FILE = "alerts.yml"
+"""The rule file, next to ``prometheus.yml`` (Prometheus resolves it relative to the config)."""
+
+POSTGRES_EXPORTER_PORT = 9187
+REDIS_EXPORTER_PORT = 9121
+KUBE_STATE_METRICS_PORT = 8080
+
+APP_METRICS_PATH = "/metrics"
+SCRAPE_ANNOTATIONS = {
+    "scrape": "prometheus.io/scrape",
+    "port": "prometheus.io/port",
+    "path": "prometheus.io/path",
+}
+"""Pod annotations that mark an app pod for scraping (kubernetes_sd keeps only those)."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where Prometheus finds what it scrapes (``host:port`` each)."""
+
+    prometheus: str
+    postgres_exporter: str
+    redis_exporter: str
+    pushgateway: str
+    kube_state_metrics: str | None
+    """``None`` where there is no Kubernetes API (the local stack)."""
+    app: tuple[str, ...] | None = None
+    """Static app instances; ``None`` discovers the app's pods in the stack's namespace."""
+
+
+def kubernetes_targets(cfg: StackConfig) -> Targets:
+    """The in-cluster targets: Services in the stack's namespace, app pods by discovery."""
+    n = cfg.names
+    return Targets(
+        prometheus=f"localhost:{n.prometheus_port}",
+        postgres_exporter=f"{n.postgres}:{POSTGRES_EXPORTER_PORT}",
+        redis_exporter=f"{n.redis}:{REDIS_EXPORTER_PORT}",
+        pushgateway=f"{n.pushgateway}:{n.pushgateway_port}",
+        kube_state_metrics=f"{n.kube_state_metrics}:{KUBE_STATE_METRICS_PORT}",
+        app=None,
+    )
+
+
+def prometheus_duration(seconds: float) -> str:
+    """A Prometheus duration string: whole seconds as ``15s``, anything finer in ``ms``."""
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _label(name: str) -> str:
+    """The kubernetes_sd meta label name of a pod label or annotation key."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _app_discovery(cfg: StackConfig) -> dict[str, Any]:
+    pod_label = "__meta_kubernetes_pod_label_"
+    annotation = "__meta_kubernetes_pod_annotation_"
+    return {
+        "kubernetes_sd_configs": [
+            {"role": "pod", "namespaces": {"names": [cfg.namespace]}},
+        ],
+        "relabel_configs": [
+            {
+                "source_labels": [
+                    pod_label + _label("app.kubernetes.io/name"),
+                    pod_label + _label("app.kubernetes.io/component"),
+                ],
+                "regex": f"{cfg.names.app};api",
+                "action": "keep",
+            },
+            {
+                "source_labels": [annotation + _label(SCRAPE_ANNOTATIONS["scrape"])],
+                "regex": "true",
+                "action": "keep",
+            },
+            {
+                # One target per pod: the container port named http (the app serves /metrics).
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "http",
+                "action": "keep",
+            },
+            {
+                "source_labels": [annotation + _label(SCRAPE_ANNOTATIONS["path"])],
+                "regex": "(.+)",
+                "target_label": "__metrics_path__",
+            },
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+
+
+def build(
+    cfg: StackConfig,
+    targets: Targets,
+    rule_files: Sequence[str] = (RULES_FILE,),
+    scrape_interval_s: float | None = None,
+) -> dict[str, Any]:
+    """The configuration as a mapping (``prometheus.yml``)."""
+    interval = prometheus_duration(
+        cfg.observability.scrape_interval_s if scrape_interval_s is None else scrape_interval_s
+    )
+
+    def static(job: str, target: str, **extra: Any) -> dict[str, Any]:
+        return {"job_name": job, **extra, "static_configs": [{"targets": [target]}]}
+
+    app: dict[str, Any] = {"job_name": JOB_APP, "metrics_path": APP_METRICS_PATH}
+    if targets.app is None:
+        app.update(_app_discovery(cfg))
+    else:
+        app["static_configs"] = [{"targets": list(targets.app)}]
+
+    jobs = [
+        static(JOB_PROMETHEUS, targets.prometheus),
+        app,
+        static(JOB_POSTGRES, targets.postgres_exporter),
+        static(JOB_REDIS, targets.redis_exporter),
+        # portalctl pushes release events with their own labels (stack, release, version).
+        static(JOB_PUSHGATEWAY, targets.pushgateway, honor_labels=True),
+    ]
+    if targets.kube_state_metrics is not None:
+        jobs.append(static(JOB_KUBE_STATE_METRICS, targets.kube_state_metrics))
+    return {
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            "external_labels": {"stack": cfg.stack, "environment": cfg.environment},
+        },
+        "rule_files": list(rule_files),
+        "scrape_configs": jobs,
+    }
+
+
+def render(
+    cfg: StackConfig,
+    targets: Targets,
+    rule_files: Sequence[str] = (RULES_FILE,),
+    scrape_interval_s: float | None = None,
+) -> str:
+    """``prometheus.yml`` as text."""
+    return yaml.safe_dump(build(cfg, targets, rule_files, scrape_interval_s), sort_keys=False)
