@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from app.migrate import Runner
+    from app.migrate import MigrationError, Runner
 
     runner = Runner(settings.database_url, lock_timeout=args.lock_timeout)
     if args.status:
@@ -133,7 +133,13 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
                 when = r["applied_at"] or "pending"
                 print(f"{r['id']:<32} {r['phase']:<9} {when}")
         return 0
-    report = runner.run(args.phase)
+    try:
+        report = runner.run(args.phase)
+    except MigrationError as exc:
+        if args.json and exc.report is not None:
+            # The release engine reads stdout: what was applied before the failure, and why.
+            print(json.dumps({**exc.report.to_json(), "error": str(exc)}))
+        raise
     if args.json:
         print(json.dumps(report.to_json()))
     else:

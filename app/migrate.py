@@ -20,6 +20,7 @@ File header lines: ``-- phase: expand|contract`` (required), ``-- transaction: n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sys
@@ -47,6 +48,9 @@ _INDEX = re.compile(
 
 class MigrationError(RuntimeError):
     """The run failed; the message is one line saying which migration and why."""
+
+    report: Report | None = None
+    """What the run did before it failed (set by ``Runner.run``)."""
 
 
 @dataclass(frozen=True)
@@ -215,13 +219,18 @@ class Runner:
         if phase not in ("expand", "contract", "all"):
             raise MigrationError(f"unknown phase {phase!r} (expand | contract | all)")
         report = Report(phase=phase)
-        with connect(self.dsn) as conn:
-            self._lock(conn)
-            try:
-                self._run_locked(conn, phase, report)
-            finally:
-                if not conn.closed and not conn.broken:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        try:
+            with connect(self.dsn) as conn:
+                self._lock(conn)
+                try:
+                    self._run_locked(conn, phase, report)
+                finally:
+                    if not conn.closed and not conn.broken:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        except MigrationError as exc:
+            exc.report = report
+            raise
         return report
 
     def _lock(self, conn: psycopg.Connection[Any]) -> None:

@@ -180,16 +180,18 @@ def test_an_interrupted_concurrent_index_build_is_dropped_and_rebuilt(portal_dsn
             " WHERE query LIKE %s AND pid <> pg_backend_pid()",
             (f"%INDEX CONCURRENTLY IF NOT EXISTS {index}%",),
         )
-        _, err = runner.communicate(timeout=30)
+        out, err = runner.communicate(timeout=30)
     finally:
         blocker.rollback()
         blocker.close()
         if runner.poll() is None:
             runner.kill()
     assert runner.returncode == 1
-    assert len(err.strip().splitlines()[-1:]) == 1
-    assert "migration 0002_performance_indexes failed" in err
-    assert "canceling statement due to user request" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("migration 0002_performance_indexes failed at `CREATE INDEX")
+    assert "canceling statement due to user request" in last
+    failed = json.loads(out)
+    assert failed["applied"] == [] and "canceling statement" in failed["error"]
     assert index_state(portal_dsn, index) == "INVALID"
 
     report = migrate_json(portal_dsn)
