@@ -38,13 +38,21 @@ class ReleaseSpec:
     """Extra environment for the canary (local drills use it for the fault switch)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"release_id": self.release_id, "version": self.version, "image": self.image,
-                "env": dict(self.env)}
+        return {
+            "release_id": self.release_id,
+            "version": self.version,
+            "image": self.image,
+            "env": dict(self.env),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ReleaseSpec:
-        return cls(release_id=str(d["release_id"]), version=str(d["version"]),
-                   image=d.get("image"), env=dict(d.get("env") or {}))
+        return cls(
+            release_id=str(d["release_id"]),
+            version=str(d["version"]),
+            image=d.get("image"),
+            env=dict(d.get("env") or {}),
+        )
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,13 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
-               alive: Callable[[], bool] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> None:
     """Poll ``check`` until it is true; raise naming ``what`` (and its log tail) if it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,8 +159,13 @@ class Process:
         env = dict(os.environ if self.env is None else self.env)
         with open(self.log, "ab") as log:
             self._popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.cwd, start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
         self.pid = self._popen.pid
         self.pidfile.write_text(str(self.pid))
@@ -240,10 +250,20 @@ class PostgresServer:
         if (self.datadir / "PG_VERSION").exists():
             return
         self._prepare_directory()
-        result = self._run([
-            self._bin("initdb"), "-D", str(self.datadir), "--auth=trust", "-U", "postgres",
-            "--encoding=UTF8", "--locale=C", "--no-sync",
-        ], check=False)
+        result = self._run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.datadir),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise ServerError(f"initdb failed in {self.datadir}: {result.stderr.strip()}")
 
@@ -261,10 +281,22 @@ class PostgresServer:
             **self.settings,
         }
         opts = " ".join(f"-c {k}={v}" for k, v in options.items())
-        result = self._run([
-            self._bin("pg_ctl"), "-D", str(self.datadir), "-l", str(self.log), "-o", opts,
-            "-w", "-t", str(int(timeout)), "start",
-        ], check=False)
+        result = self._run(
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
+            check=False,
+        )
         if result.returncode != 0:
             raise ServerError(
                 f"PostgreSQL did not start on port {self.port}: {result.stderr.strip()}"
@@ -276,8 +308,9 @@ class PostgresServer:
         """``fast`` (clean) or ``immediate`` (a crash)."""
         if not (self.datadir / "postmaster.pid").exists():
             return
-        self._run([self._bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
-                  check=False)
+        self._run(
+            [self._bin("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"], check=False
+        )
 
     def running(self) -> bool:
         return port_open(self.port)
@@ -314,9 +347,21 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         argv = [
-            _find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-            "--daemonize", "no", "--protected-mode", "no",
+            _find_binary("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
         if self.password:
             argv += ["--requirepass", self.password]
@@ -324,8 +369,13 @@ class RedisServer:
             argv += ["--maxmemory", self.max_memory, "--maxmemory-policy", "allkeys-lru"]
         self.process = Process("redis", self.directory, argv)
         self.process.start()
-        wait_until(lambda: port_open(self.port), timeout, f"Redis on port {self.port}",
-                   self.process.log, self.process.alive)
+        wait_until(
+            lambda: port_open(self.port),
+            timeout,
+            f"Redis on port {self.port}",
+            self.process.log,
+            self.process.alive,
+        )
         return self
 
     def stop(self) -> None:
@@ -362,8 +412,9 @@ class PrometheusServer:
     def config_path(self) -> Path:
         return self.directory / "prometheus.yml"
 
-    def write_config(self, config: str | None = None,
-                     rule_files: Mapping[str, str] | None = None) -> None:
+    def write_config(
+        self, config: str | None = None, rule_files: Mapping[str, str] | None = None
+    ) -> None:
         if config is not None:
             self.config = config
         if rule_files is not None:
@@ -378,16 +429,24 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         self.write_config()
         argv = [
-            _find_binary("prometheus"), f"--config.file={self.config_path}",
+            _find_binary("prometheus"),
+            f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.directory / 'tsdb'}",
             f"--storage.tsdb.retention.time={self.retention}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-            "--web.enable-admin-api", "--log.level=warn",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--web.enable-admin-api",
+            "--log.level=warn",
         ]
         self.process = Process("prometheus", self.directory, argv, cwd=self.directory)
         self.process.start()
-        wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout,
-                   f"Prometheus on port {self.port}", self.process.log, self.process.alive)
+        wait_until(
+            lambda: http_ok(f"{self.url}/-/ready"),
+            timeout,
+            f"Prometheus on port {self.port}",
+            self.process.log,
+            self.process.alive,
+        )
         return self
 
     def reload(self) -> None:
@@ -437,9 +496,20 @@ class NginxServer:
 
     def test_config(self) -> None:
         result = subprocess.run(
-            [_find_binary("nginx"), "-t", "-p", str(self.directory), "-c", str(self.config_path),
-             "-e", str(self.directory / "logs" / "error.log")],
-            capture_output=True, text=True, check=False, timeout=30,
+            [
+                _find_binary("nginx"),
+                "-t",
+                "-p",
+                str(self.directory),
+                "-c",
+                str(self.config_path),
+                "-e",
+                str(self.directory / "logs" / "error.log"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
         )
         if result.returncode != 0:
             raise ServerError(f"nginx rejected {self.config_path}: {result.stderr.strip()}")
@@ -447,12 +517,26 @@ class NginxServer:
     def start(self, timeout: float = 20.0) -> NginxServer:
         self.write_config()
         self.test_config()
-        argv = [_find_binary("nginx"), "-p", str(self.directory), "-c", str(self.config_path),
-                "-e", str(self.directory / "logs" / "error.log"), "-g", "daemon off;"]
+        argv = [
+            _find_binary("nginx"),
+            "-p",
+            str(self.directory),
+            "-c",
+            str(self.config_path),
+            "-e",
+            str(self.directory / "logs" / "error.log"),
+            "-g",
+            "daemon off;",
+        ]
         self.process = Process("nginx", self.directory, argv)
         self.process.start()
-        wait_until(lambda: port_open(self.port), timeout, f"nginx on port {self.port}",
-                   self.directory / "logs" / "error.log", self.process.alive)
+        wait_until(
+            lambda: port_open(self.port),
+            timeout,
+            f"nginx on port {self.port}",
+            self.directory / "logs" / "error.log",
+            self.process.alive,
+        )
         return self
 
     def reload(self, config: str | None = None) -> None:
@@ -494,20 +578,30 @@ class ExporterServer:
     def start(self, timeout: float = 20.0) -> ExporterServer:
         env = dict(os.environ)
         if self.kind == "postgres":
-            argv = [_find_binary("prometheus-postgres-exporter"),
-                    f"--web.listen-address=127.0.0.1:{self.port}"]
-            env["DATA_SOURCE_NAME"] = self.target + (
-                "&" if "?" in self.target else "?") + "sslmode=disable"
+            argv = [
+                _find_binary("prometheus-postgres-exporter"),
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ]
+            env["DATA_SOURCE_NAME"] = (
+                self.target + ("&" if "?" in self.target else "?") + "sslmode=disable"
+            )
         elif self.kind == "redis":
-            argv = [_find_binary("prometheus-redis-exporter"),
-                    f"-web.listen-address=127.0.0.1:{self.port}", f"-redis.addr={self.target}"]
+            argv = [
+                _find_binary("prometheus-redis-exporter"),
+                f"-web.listen-address=127.0.0.1:{self.port}",
+                f"-redis.addr={self.target}",
+            ]
         else:
             raise ValueError(f"unknown exporter kind {self.kind!r} (postgres | redis)")
         self.process = Process(f"{self.kind}-exporter", self.directory, argv, env=env)
         self.process.start()
-        wait_until(lambda: http_ok(f"{self.url}/metrics", timeout=2), timeout,
-                   f"{self.kind} exporter on port {self.port}", self.process.log,
-                   self.process.alive)
+        wait_until(
+            lambda: http_ok(f"{self.url}/metrics", timeout=2),
+            timeout,
+            f"{self.kind} exporter on port {self.port}",
+            self.process.log,
+            self.process.alive,
+        )
         return self
 
     def stop(self) -> None:
@@ -527,12 +621,19 @@ class PushgatewayServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> PushgatewayServer:
-        argv = [_find_binary("prometheus-pushgateway"),
-                f"--web.listen-address=127.0.0.1:{self.port}"]
+        argv = [
+            _find_binary("prometheus-pushgateway"),
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
         self.process = Process("pushgateway", self.directory, argv)
         self.process.start()
-        wait_until(lambda: http_ok(f"{self.url}/-/ready", timeout=2), timeout,
-                   f"Pushgateway on port {self.port}", self.process.log, self.process.alive)
+        wait_until(
+            lambda: http_ok(f"{self.url}/-/ready", timeout=2),
+            timeout,
+            f"Pushgateway on port {self.port}",
+            self.process.log,
+            self.process.alive,
+        )
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,427 @@
+"""The embedded default: the whole system on this machine, with real servers on loopback.
+
+Postgres, Redis, two stable app instances behind nginx (weighted upstreams for the canary),
+Prometheus scraping every instance each second (instances found through a file, so they come
+and go without a restart) with the same alert rules as a cluster, the two exporters and a
+Pushgateway. Everything lives under one directory (``.portal/local``) with a ``state.json``
+that says what runs where, so any later ``portalctl`` (or a crashed one's successor) can find it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components import alerts, prometheus_config
+from components.config import StackConfig, parse_config
+from rollout.local.servers import (
+    ExporterServer,
+    NginxServer,
+    PostgresServer,
+    Process,
+    PrometheusServer,
+    PushgatewayServer,
+    RedisServer,
+    ServerError,
+    free_port,
+    http_ok,
+    pid_alive,
+    port_open,
+    stop_pid,
+    wait_until,
+)
+
+LOCAL_DIR = Path(".portal/local")
+STABLE_VERSION = "1.0.0"
+STABLE_INSTANCES = 2
+SEED_USERS = 2000
+DATABASE = "portal"
+
+Progress = Callable[[str], None]
+
+
+def local_config(**canary: Any) -> StackConfig:
+    """The stack config of the local target: staging's shape with windows short enough for a
+    drill of a few minutes. ``canary`` overrides ``portal:canary`` keys (tests use tiny windows)."""
+    values: dict[str, Any] = {
+        "environment": "local",
+        "namespace": "portal-local",
+        "app": {
+            "image": "portal",
+            "version": STABLE_VERSION,
+            "replicas": STABLE_INSTANCES,
+            "canaryReplicas": 1,
+        },
+        "traffic": {"mode": "replicas"},
+        "slo": {"maxErrorRate": 0.02, "maxP95Ms": 500},
+        "canary": {
+            "steps": [{"weight": w, "analysis": "15s"} for w in (10, 25, 50, 100)],
+            "interval": "2s",
+            "settle": "3s",
+            "minRequests": 20,
+            "leaseTtl": "15s",
+            "onInsufficientData": {"limit": "30s", "then": "fail"},
+            "onProviderError": {"limit": "20s", "then": "abort"},
+            **canary,
+        },
+        "observability": {"scrapeInterval": "1s"},
+        "alerts": {"for": "10s"},
+    }
+    return parse_config(values, "local")
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def app_argv(port: int) -> list[str]:
+    return [_python(), "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+@dataclass
+class Instance:
+    name: str
+    track: str
+    version: str
+    port: int
+    pid: int | None = None
+    env: dict[str, str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "track": self.track,
+            "version": self.version,
+            "port": self.port,
+            "pid": self.pid,
+            "env": self.env or {},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Instance:
+        return cls(
+            d["name"],
+            d["track"],
+            d["version"],
+            int(d["port"]),
+            d.get("pid"),
+            dict(d.get("env") or {}),
+        )
+
+
+class LocalStack:
+    """Start, find and stop the local system under ``root``."""
+
+    def __init__(self, root: Path = LOCAL_DIR) -> None:
+        self.root = Path(root).resolve()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def load(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
+        except FileNotFoundError as exc:
+            raise ServerError(
+                f"no local stack in {self.root}: run `portalctl local up` first"
+            ) from exc
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+        tmp.replace(self.state_path)
+
+    # ------------------------------------------------------------------ servers
+
+    def postgres(self, state: dict[str, Any]) -> PostgresServer:
+        return PostgresServer(self.root / "postgres", int(state["ports"]["postgres"]))
+
+    def redis(self, state: dict[str, Any]) -> RedisServer:
+        return RedisServer(self.root / "redis", int(state["ports"]["redis"]))
+
+    def prometheus(self, state: dict[str, Any]) -> PrometheusServer:
+        cfg = local_config()
+        ports = state["ports"]
+        targets = prometheus_config.Targets(
+            prometheus=f"127.0.0.1:{ports['prometheus']}",
+            postgres_exporter=f"127.0.0.1:{ports['postgres_exporter']}",
+            redis_exporter=f"127.0.0.1:{ports['redis_exporter']}",
+            pushgateway=f"127.0.0.1:{ports['pushgateway']}",
+            kube_state_metrics=None,
+            app=(),
+        )
+        conf = prometheus_config.build(cfg, targets, scrape_interval_s=1.0)
+        for job in conf["scrape_configs"]:
+            if job["job_name"] == prometheus_config.JOB_APP:
+                job.pop("static_configs", None)
+                job["file_sd_configs"] = [{"files": ["app-targets.json"], "refresh_interval": "1s"}]
+        import yaml
+
+        return PrometheusServer(
+            self.root / "prometheus",
+            int(ports["prometheus"]),
+            yaml.safe_dump(conf, sort_keys=False),
+            {prometheus_config.RULES_FILE: alerts.render_rules(cfg)},
+        )
+
+    def nginx(self, state: dict[str, Any]) -> NginxServer:
+        return NginxServer(self.root / "nginx", int(state["ports"]["nginx"]), nginx_config(state))
+
+    # ------------------------------------------------------------------ app instances
+
+    def app_env(self, state: dict[str, Any], instance: Instance) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
+        env.update(
+            {
+                "PORTAL_DATABASE_URL": state["database_url"],
+                "PORTAL_REDIS_URL": state["redis_url"],
+                "PORTAL_VERSION": instance.version,
+                "PORTAL_TRACK": instance.track,
+                "PORTAL_ADMIN_TOKEN": state["admin_token"],
+                "PORTAL_DB_POOL_SIZE": "4",
+                "PORTAL_LOG_LEVEL": "WARNING",
+            }
+        )
+        env.update(instance.env or {})
+        return env
+
+    def start_instance(
+        self, state: dict[str, Any], instance: Instance, timeout: float = 60.0
+    ) -> Instance:
+        proc = Process(
+            f"app-{instance.name}",
+            self.root / "run",
+            app_argv(instance.port),
+            env=self.app_env(state, instance),
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        instance.pid = proc.start()
+        wait_until(
+            lambda: http_ok(f"{instance.url}/api/health"),
+            timeout,
+            f"app instance {instance.name} on port {instance.port}",
+            proc.log,
+            proc.alive,
+        )
+        return instance
+
+    def stop_instance(self, instance: Instance, kill: bool = False) -> None:
+        if instance.pid is not None and pid_alive(instance.pid):
+            stop_pid(instance.pid, timeout=10, sig=9 if kill else 15)
+        instance.pid = None
+
+    def instances(self, state: dict[str, Any]) -> list[Instance]:
+        return [Instance.from_dict(d) for d in state["instances"]]
+
+    def write_routes(self, state: dict[str, Any], reload: bool = True) -> None:
+        """Publish the instances to Prometheus (file discovery) and nginx (upstream weights)."""
+        targets = [
+            {"targets": [f"127.0.0.1:{d['port']}"], "labels": {"instance_name": d["name"]}}
+            for d in state["instances"]
+            if d.get("pid")
+        ]
+        sd = self.root / "prometheus" / "app-targets.json"
+        sd.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sd.with_suffix(".tmp")
+        tmp.write_text(json.dumps(targets))
+        tmp.replace(sd)
+        if reload:
+            self.nginx(state).reload()
+
+    # ------------------------------------------------------------------ up / down
+
+    def up(self, progress: Progress = print) -> dict[str, Any]:
+        """Start what is not running (idempotent); return the state."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)  # noqa: S103 - the postgres user must enter it
+        for parent in self.root.parents:  # the postgres user must reach its directory
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+        try:
+            state = self.load()
+        except ServerError:
+            state = {
+                "ports": {
+                    k: free_port()
+                    for k in (
+                        "postgres",
+                        "redis",
+                        "prometheus",
+                        "nginx",
+                        "pushgateway",
+                        "postgres_exporter",
+                        "redis_exporter",
+                    )
+                },
+                "admin_token": secrets.token_hex(16),
+                "weight": 0,
+                "stable_version": STABLE_VERSION,
+                "canary_version": None,
+                "instances": [],
+            }
+        ports = state["ports"]
+        state["database_url"] = f"postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}"
+        state["redis_url"] = f"redis://127.0.0.1:{ports['redis']}/0"
+        state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
+        state["nginx_url"] = f"http://127.0.0.1:{ports['nginx']}"
+        state["pushgateway_url"] = f"http://127.0.0.1:{ports['pushgateway']}"
+        self.save(state)
+
+        pg = self.postgres(state)
+        if not pg.running():
+            progress(f"starting PostgreSQL on port {pg.port}")
+            pg.start()
+        if not (pg.directory / ".created").exists():
+            pg.create_database(DATABASE)
+            (pg.directory / ".created").touch()
+        redis = self.redis(state)
+        if not redis.running():
+            progress(f"starting Redis on port {redis.port}")
+            redis.start()
+        self._migrate_and_seed(state, progress)
+
+        instances = self.instances(state)
+        if not instances:
+            instances = [
+                Instance(f"stable-{i + 1}", "stable", state["stable_version"], free_port())
+                for i in range(STABLE_INSTANCES)
+            ]
+        for inst in instances:
+            if inst.pid is None or not pid_alive(inst.pid):
+                progress(
+                    f"starting app {inst.name} ({inst.track} {inst.version}) on port {inst.port}"
+                )
+                self.start_instance(state, inst)
+        state["instances"] = [i.to_dict() for i in instances]
+        self.save(state)
+
+        nginx = self.nginx(state)
+        self.write_routes(state, reload=False)
+        if not nginx.running():
+            progress(f"starting nginx on port {nginx.port}")
+            nginx.start()
+        else:
+            nginx.reload()
+        for kind, target in (
+            ("postgres", state["database_url"]),
+            ("redis", f"127.0.0.1:{ports['redis']}"),
+        ):
+            port = int(ports[f"{kind}_exporter"])
+            if not port_open(port):
+                progress(f"starting the {kind} exporter on port {port}")
+                ExporterServer(self.root / "exporters", port, kind, target).start()
+        push = PushgatewayServer(self.root / "pushgateway", int(ports["pushgateway"]))
+        if not port_open(push.port):
+            progress(f"starting the Pushgateway on port {push.port}")
+            push.start()
+        prom = self.prometheus(state)
+        if not prom.running():
+            progress(f"starting Prometheus on port {prom.port} (1 s scrapes)")
+            prom.start()
+        progress(f"local stack up: {state['nginx_url']} (Prometheus {state['prometheus_url']})")
+        return state
+
+    def _migrate_and_seed(self, state: dict[str, Any], progress: Progress) -> None:
+        env = {**os.environ, "PORTAL_DATABASE_URL": state["database_url"]}
+        cwd = Path(__file__).resolve().parents[2]
+        for argv, what in (
+            ([_python(), "-m", "app", "migrate", "--phase", "expand"], "migrating"),
+            ([_python(), "-m", "app", "seed", "--users", str(SEED_USERS)], "seeding"),
+        ):
+            if what == "seeding" and state.get("seeded"):
+                continue
+            progress(f"{what} the database")
+            result = subprocess.run(
+                argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+            )
+            if result.returncode != 0:
+                raise ServerError(
+                    f"{' '.join(argv[1:])} failed: "
+                    f"{(result.stderr or result.stdout).strip()[-500:]}"
+                )
+        state["seeded"] = True
+        self.save(state)
+
+    def down(self, progress: Progress = print) -> None:
+        """Stop everything the state file names (works after a crash too)."""
+        try:
+            state = self.load()
+        except ServerError:
+            progress(f"no local stack in {self.root}")
+            return
+        for inst in self.instances(state):
+            self.stop_instance(inst)
+        for name in ("prometheus", "nginx", "pushgateway"):
+            Process(name, self.root / name, []).stop()
+        for kind in ("postgres", "redis"):
+            Process(f"{kind}-exporter", self.root / "exporters", []).stop()
+        self.redis(state).stop()
+        pg = self.postgres(state)
+        if pg.running():
+            pg.stop()
+        state["instances"] = [{**d, "pid": None} for d in state["instances"]]
+        self.save(state)
+        progress("local stack stopped")
+
+
+def nginx_config(state: dict[str, Any]) -> str:
+    """nginx in front of the instances: canary instances get ``weight`` percent of requests."""
+    weight = int(state.get("weight", 0))
+    live = [d for d in state["instances"] if d.get("pid")]
+    stable = [d for d in live if d["track"] == "stable"]
+    canary = [d for d in live if d["track"] == "canary"]
+    servers: list[str] = []
+    # nginx weights are per server; spread each track's share over its instances (x100 scale).
+    share = {"stable": 100 - weight if canary else 100, "canary": weight if stable else 100}
+    for group in (stable, canary):
+        for d in group:
+            w = share[d["track"]] * 100 // max(1, len(group))
+            if w > 0:
+                servers.append(f"    server 127.0.0.1:{d['port']} weight={w} max_fails=0;")
+    if not servers:
+        servers.append("    server 127.0.0.1:1 down;")
+    upstream = "\n".join(servers)
+    return f"""worker_processes 1;
+pid nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path tmp/body;
+  proxy_temp_path tmp/proxy;
+  fastcgi_temp_path tmp/fastcgi;
+  uwsgi_temp_path tmp/uwsgi;
+  scgi_temp_path tmp/scgi;
+  upstream portal {{
+{upstream}
+    keepalive 32;
+  }}
+  server {{
+    listen 127.0.0.1:{state["ports"]["nginx"]};
+    location / {{
+      proxy_pass http://portal;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_next_upstream off;
+    }}
+  }}
+}}
+"""
