@@ -1,0 +1,372 @@
+"""What every benchmark shares: real servers on loopback, app processes, wrk, figures, results.
+
+A benchmark prints one line per figure (``name  figure  value  unit  note``) and a final
+``SUMMARY`` line, and writes everything it measured to ``bench/results/<name>.json``.
+Absolute numbers on a shared two-core machine mean little; the benchmarks therefore measure the
+things they compare side by side in one run, alternate them, and report medians and ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout.local.servers import (
+    PostgresServer,
+    Process,
+    RedisServer,
+    ServerError,
+    free_port,
+    http_ok,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PYTHON = sys.executable
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run; the message says what failed and where to look."""
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+@dataclass
+class Report:
+    """The figures of one benchmark: printed as they come, saved as JSON at the end."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    started: float = field(default_factory=time.time)
+
+    def figure(
+        self, key: str, value: float | int | str | None, unit: str = "", note: str = ""
+    ) -> None:
+        self.figures.append({"figure": key, "value": value, "unit": unit, "note": note})
+        shown = _fmt(value)
+        line = f"{self.name:<11} {key:<34} {shown:>12} {unit:<8}"
+        print(f"{line} {note}".rstrip(), flush=True)
+
+    def finish(self, summary: str) -> Path:
+        self.summary = summary
+        print(f"{self.name:<11} SUMMARY  {summary}", flush=True)
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{self.name}.json"
+        doc = {
+            "benchmark": self.name,
+            "started_at": self.started,
+            "seconds": round(time.time() - self.started, 1),
+            "params": self.params,
+            "figures": self.figures,
+            "summary": summary,
+            "data": self.data,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def progress(name: str, message: str) -> None:
+    """Progress on stderr, so stdout holds only figures."""
+    print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+
+def _fmt(value: float | int | str | None) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by the nearest-rank method; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, int(-(-q * len(ordered) // 100)))  # ceil(q/100 * n)
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+# ------------------------------------------------------------------------------ servers
+
+
+@contextlib.contextmanager
+def server_root(name: str, keep: bool = False) -> Iterator[Path]:
+    """A world-traversable scratch directory (PostgreSQL runs as the postgres user)."""
+    root = Path(tempfile.mkdtemp(prefix=f"portal-bench-{name}-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        if not keep and not os.environ.get("PORTAL_BENCH_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres(root: Path, **settings: str) -> Iterator[PostgresServer]:
+    server = PostgresServer(root / "pg", free_port(), settings).start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+
+
+@contextlib.contextmanager
+def redis(root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(root / "redis", free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def app_env(dsn: str, redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of ``python -m app``: ours minus any PORTAL_/OTEL_ settings, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "OTEL_", "SENTRY_"))}
+    env["PORTAL_DATABASE_URL"] = dsn
+    if redis_url:
+        env["PORTAL_REDIS_URL"] = redis_url
+    env["PORTAL_LOG_LEVEL"] = "WARNING"
+    env.update(extra)
+    return env
+
+
+def app_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> str:
+    """Run ``python -m app <args>``; its stdout, or BenchError with its stderr."""
+    result = subprocess.run(
+        [PYTHON, "-m", "app", *args],
+        env=dict(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"python -m app {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def seeded_database(pg: PostgresServer, name: str, users: int) -> str:
+    """A database migrated (all phases) and seeded with ``users`` users; its DSN."""
+    dsn = pg.create_database(name)
+    env = app_env(dsn)
+    app_cli(["migrate", "--phase", "all"], env)
+    app_cli(["seed", "--users", str(users)], env)
+    return dsn
+
+
+@dataclass
+class Service:
+    """An HTTP server process on a loopback port (the app, or the bare comparison app)."""
+
+    name: str
+    process: Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_app(root: Path, name: str, env: Mapping[str, str], timeout: float = 60) -> Service:
+    """``python -m app serve`` on a free port, ready when /api/health answers."""
+    port = free_port()
+    proc = Process(
+        name,
+        root / name,
+        [PYTHON, "-m", "app", "serve", "--port", str(port)],
+        env=dict(env),
+        cwd=REPO,
+    )
+    proc.start()
+    service = Service(name, proc, port)
+    try:
+        wait_until(
+            lambda: http_ok(f"{service.url}/api/health"),
+            timeout,
+            f"app {name}",
+            proc.log,
+            proc.alive,
+        )
+    except ServerError:
+        proc.stop()
+        raise
+    return service
+
+
+def start_bare(root: Path, name: str = "bare", timeout: float = 60) -> Service:
+    """``bench.bare`` (constant JSON, same framework and server settings) on a free port."""
+    port = free_port()
+    argv = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "bench.bare:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "on",
+    ]
+    proc = Process(name, root / name, argv, env=dict(os.environ), cwd=REPO)
+    proc.start()
+    service = Service(name, proc, port)
+    try:
+        wait_until(
+            lambda: http_ok(f"{service.url}/api/health"),
+            timeout,
+            f"bare app {name}",
+            proc.log,
+            proc.alive,
+        )
+    except ServerError:
+        proc.stop()
+        raise
+    return service
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``/metrics`` summed per metric name (all label sets together)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name = head.split("{", 1)[0]
+        with contextlib.suppress(ValueError):
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+# ------------------------------------------------------------------------------ wrk
+
+_WRK_LUA = """
+local ids = {}
+local n = tonumber(os.getenv("BENCH_USERS") or "0")
+local path = os.getenv("BENCH_PATH") or "/"
+counter = 0
+request = function()
+  counter = counter + 1
+  local p = path
+  if n > 0 then p = string.gsub(path, "{id}", tostring((counter % n) + 1)) end
+  return wrk.format("GET", p)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p95_us\\": %d, "
+    .. "\\"p99_us\\": %d, \\"max_us\\": %d, \\"errors\\": %d, \\"non2xx\\": %d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max,
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    errors: int
+    non2xx: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+def wrk(
+    url: str,
+    path: str,
+    *,
+    users: int = 0,
+    connections: int = 32,
+    threads: int = 1,
+    seconds: float = 5.0,
+    scratch: Path,
+) -> WrkResult:
+    """``wrk --latency`` against ``url + path`` (``{id}`` in the path cycles 1..users)."""
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed; run `make deps` (scripts/bootstrap.sh)")
+    script = scratch / "bench.lua"
+    if not script.exists():
+        script.write_text(_WRK_LUA)
+    env = dict(os.environ, BENCH_PATH=path, BENCH_USERS=str(users))
+    argv = [
+        "wrk",
+        "--latency",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if result.returncode != 0 or line is None:
+        raise BenchError(
+            f"wrk against {url}{path} failed: {result.stderr.strip()}"
+            f" {result.stdout.strip()[-400:]}"
+        )
+    raw = json.loads(line.removeprefix("BENCH_JSON "))
+    seconds_run = raw["duration_us"] / 1e6
+    return WrkResult(
+        rps=raw["requests"] / seconds_run if seconds_run else 0.0,
+        p50_ms=raw["p50_us"] / 1000,
+        p95_ms=raw["p95_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
+        requests=raw["requests"],
+        errors=raw["errors"],
+        non2xx=raw["non2xx"],
+    )
