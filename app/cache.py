@@ -267,6 +267,8 @@ class Cache:
         Returns (value, hit). A ``None`` from ``compute`` (nothing found) is not cached.
         Concurrent misses of one key in this process share one computation.
         """
+        if not self.settings.cache_enabled:  # PORTAL_CACHE=off (benchmarks): no lookup
+            return await compute(), False
         all_tags = (ALL_TAG, *tags)
         value, tokens = await self._lookup(key, all_tags)
         if value is not None:
@@ -352,6 +354,8 @@ class Cache:
 
     async def invalidate(self, tags: Sequence[str]) -> None:
         """Every entry carrying one of ``tags`` is stale from now on (Redis and memory)."""
+        if not self.settings.cache_enabled:
+            return
         self.memory.bump(tags)
         client = await self._redis_ready()
         if client is not None:

@@ -88,6 +88,8 @@ class Settings:
     log_level: str = "INFO"
     instrumentation: bool = True
     """Off only to measure the instrumentation's own cost (no metrics, headers or stats)."""
+    cache_enabled: bool = True
+    """Off only to measure what the cache saves: every read computes, nothing is stored."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, require_database: bool = True) -> Settings:
@@ -139,6 +141,7 @@ class Settings:
             otel_service_name=r.label("OTEL_SERVICE_NAME", "portal"),
             log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             instrumentation=r.choice("PORTAL_INSTRUMENTATION", "on", ("on", "off")) == "on",
+            cache_enabled=r.choice("PORTAL_CACHE", "on", ("on", "off")) == "on",
         )
 
     def ttl(self, cache_class: str) -> int:

@@ -17,6 +17,7 @@ from bench.common import BenchError
 
 BENCHMARKS = {
     "service": "bench.service",
+    "cache": "bench.cache",
 }
 
 
