@@ -18,6 +18,7 @@ from bench.common import BenchError
 BENCHMARKS = {
     "service": "bench.service",
     "cache": "bench.cache",
+    "migrations": "bench.migrations",
 }
 
 
