@@ -19,6 +19,7 @@ BENCHMARKS = {
     "service": "bench.service",
     "cache": "bench.cache",
     "migrations": "bench.migrations",
+    "pulumi": "bench.pulumi_program",
 }
 
 
