@@ -1,0 +1,416 @@
+"""``portalctl``: release, roll back, run the local stack (and, through plugins, runbooks).
+
+Exit codes: 0 promoted / done; 1 rolled back or aborted; 2 bad input (one line naming what is
+wrong; nothing was changed); 3 held - a human must promote, abort or resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.config import ConfigError, StackConfig, stack_file
+from rollout.engine import Outcome, ReleaseEngine, ReleaseError
+from rollout.events import Event
+from rollout.ledger import LedgerError, ReleaseInProgress
+from rollout.local.servers import ServerError
+from rollout.target import ReleaseSpec, Target, TargetError
+
+EXIT_BAD_INPUT = 2
+EXIT_HELD = 3
+IMAGE_RE = re.compile(
+    r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9._-]+)*"
+    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$|^[^\s@]+@sha256:[0-9a-f]{64}$"
+)
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Release the portal service as gated canaries, roll back, run drills.",
+)
+release_app = typer.Typer(no_args_is_help=True, help="Canary releases.")
+local_app = typer.Typer(no_args_is_help=True, help="The local stack on this machine.")
+app.add_typer(release_app, name="release")
+app.add_typer(local_app, name="local")
+
+StackOpt = Annotated[str | None, typer.Option("--stack", "-s", help="Stack: staging, prod...")]
+LocalOpt = Annotated[bool, typer.Option("--local", help="Drive the local stack instead.")]
+ProjectOpt = Annotated[Path, typer.Option("--project-dir", help="Where Pulumi.<stack>.yaml live.")]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"portalctl: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _open(
+    stack: str | None, local: bool, project_dir: Path, context: str | None = None
+) -> tuple[StackConfig, Target]:
+    from rollout.targets import open_target
+
+    if stack and local:
+        fail("--stack and --local are exclusive")
+    try:
+        return open_target(stack, local, project_dir, context)
+    except ConfigError as exc:
+        fail(f"invalid stack config: {exc}")
+    except (TargetError, ServerError) as exc:
+        fail(str(exc))
+
+
+def _engine(
+    cfg: StackConfig,
+    target: Target,
+    stack: str | None,
+    local: bool,
+    project_dir: Path,
+    show: Callable[[Event], None] | None = None,
+) -> ReleaseEngine:
+    stackfile = None if local or not stack else stack_file(stack, project_dir)
+    push = getattr(target, "pushgateway_url", None)
+    return ReleaseEngine(
+        cfg,
+        target,
+        events=show,
+        stackfile=stackfile,
+        pushgateway_url=push if isinstance(push, str) else None,
+    )
+
+
+def _user() -> str:
+    return os.environ.get("PORTALCTL_USER") or os.environ.get("USER") or "operator"
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+class Progress:
+    """Rich rendering of engine events: one line each, verdicts colour-coded."""
+
+    COLOURS: ClassVar[dict[str, str]] = {
+        "PASS": "green",
+        "FAIL": "red",
+        "INSUFFICIENT_DATA": "yellow",
+        "PROVIDER_ERROR": "magenta",
+    }
+
+    def __init__(self, out: Console = console, quiet_passes: bool = False) -> None:
+        self.out = out
+        self.quiet_passes = quiet_passes
+        self.start = time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        t = time.monotonic() - self.start
+        stamp = f"[dim]{t:6.1f}s[/dim]"
+        if event.kind == "verdict":
+            verdict = event.data.get("verdict", "")
+            if self.quiet_passes and verdict == "PASS":
+                return
+            colour = self.COLOURS.get(verdict, "white")
+            elapsed = event.data.get("elapsed_s", 0.0)
+            window = event.data.get("window_s", 0.0)
+            bar = _bar(elapsed / window if window else 1.0)
+            self.out.print(
+                f"{stamp}   {bar} {event.data.get('gate', ''):7} "
+                f"[{colour}]{verdict:17}[/{colour}] "
+                f"{_escape(event.data.get('reason', ''))}"
+            )
+            return
+        style = {
+            "promoted": "bold green",
+            "rolled_back": "bold red",
+            "held": "bold yellow",
+            "paused": "bold yellow",
+            "step_started": "bold",
+            "started": "bold cyan",
+        }.get(event.kind, "")
+        msg = _escape(event.message)
+        self.out.print(f"{stamp} [{style}]{msg}[/{style}]" if style else f"{stamp} {msg}")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _bar(fraction: float, width: int = 10) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "[cyan]" + "█" * filled + "[/cyan][dim]" + "·" * (width - filled) + "[/dim]"
+
+
+def _finish(outcome: Outcome) -> NoReturn:
+    if outcome.status == "PROMOTED":
+        console.print(
+            f"[bold green]PROMOTED[/bold green] {outcome.release_id}: {_escape(outcome.reason)}"
+        )
+    elif outcome.status == "HELD":
+        console.print(
+            f"[bold yellow]HELD[/bold yellow] {outcome.release_id}: {_escape(outcome.reason)}"
+        )
+    else:
+        console.print(
+            f"[bold red]ROLLED BACK[/bold red] {outcome.release_id}: {_escape(outcome.reason)}"
+        )
+        if outcome.incident:
+            console.print(
+                f"incident recorded; follow: portalctl runbook run "
+                f"{outcome.incident.get('runbook')}"
+            )
+    raise typer.Exit(outcome.exit_code)
+
+
+def _guard(fn: Callable[[], Outcome | None]) -> Outcome | None:
+    try:
+        return fn()
+    except ReleaseInProgress as exc:
+        fail(str(exc))
+    except (ReleaseError, LedgerError, TargetError, ServerError, ConfigError) as exc:
+        fail(str(exc))
+
+
+# ------------------------------------------------------------------------------ release
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+            fail(f"--env {pair!r}: expected NAME=value with an upper-case NAME")
+        env[key] = value
+    return env
+
+
+@release_app.command("start")
+def release_start(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    image: Annotated[str | None, typer.Option(help="Image with its tag (cluster).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version label (default: the tag).")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="NAME=value for the canary (local drills: the fault switch)."),
+    ] = None,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+) -> None:
+    """Release a new version through the stack's canary steps; exit 0 promoted, 1 rolled back."""
+    if local:
+        if not version:
+            fail("--local needs --version V")
+        if image:
+            fail("--image is for clusters; the local stack runs this checkout with --version")
+    else:
+        if not image:
+            fail("--image IMAGE:TAG is required (or --local --version V)")
+        if not IMAGE_RE.match(image):
+            fail(f"--image {image!r} is not an image reference with a tag (repo/name:tag)")
+        version = version or image.rsplit(":", 1)[-1]
+    extra = parse_env(env or [])
+    cfg, target = _open(stack, local, project_dir, context)
+    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image, extra)))
+    assert outcome is not None
+    _finish(outcome)
+
+
+@release_app.command("resume")
+def release_resume(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+) -> None:
+    """Continue the release in flight from the step it was on (after a crash or a hold)."""
+    cfg, target = _open(stack, local, project_dir, context)
+    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    outcome = _guard(engine.resume)
+    assert outcome is not None
+    _finish(outcome)
+
+
+def _request(
+    action: str, stack: str | None, local: bool, project_dir: Path, context: str | None
+) -> None:
+    cfg, target = _open(stack, local, project_dir, context)
+    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    outcome = _guard(lambda: engine.request(action, _user()))
+    if outcome is None:
+        console.print(
+            f"{action} recorded; the running portalctl acts on it within {cfg.canary.interval_s:g}s"
+        )
+        raise typer.Exit(0)
+    _finish(outcome)
+
+
+@release_app.command("promote")
+def release_promote(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+) -> None:
+    """Promote the release in flight now (skips the remaining steps; approves a pause)."""
+    _request("promote", stack, local, project_dir, context)
+
+
+@release_app.command("abort")
+def release_abort(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+) -> None:
+    """Roll the release in flight back now."""
+    _request("abort", stack, local, project_dir, context)
+
+
+@release_app.command("status")
+def release_status(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="History rows.")] = 10,
+) -> None:
+    """The release in flight and the history."""
+    cfg, target = _open(stack, local, project_dir, context)
+    engine = _engine(cfg, target, stack, local, project_dir)
+    try:
+        status = engine.status()
+    except (LedgerError, TargetError, ServerError) as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(status, indent=1, default=str))
+        return
+    stable = status.get("stable") or {}
+    console.print(f"[bold]{cfg.stack}[/bold] on {target.name}: stable {stable.get('version', '?')}")
+    active = status.get("active")
+    if active:
+        lease = status.get("lease") or {}
+        holder = lease.get("holder") if status.get("lease_live") else "nobody (resume it)"
+        console.print(
+            f"in flight: {active['id']} {active['status']} at step "
+            f"{active['step'] + 1}/{len(active.get('steps', []))}, weight "
+            f"{active['weight']}%, driven by {holder}"
+        )
+    table = Table("release", "version", "status", "started", "ended", "reason")
+    for r in list(reversed(status["releases"]))[:limit]:
+        table.add_row(
+            r["id"],
+            r["version"],
+            r["status"],
+            _when(r.get("created_at")),
+            _when(r.get("ended_at")),
+            (r.get("reason") or "")[:80],
+        )
+    console.print(table)
+
+
+def _when(ts: Any) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------ rollback
+
+
+@app.command("rollback")
+def rollback(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    to: Annotated[str | None, typer.Option(help="Release id or version to return to.")] = None,
+    force: Annotated[bool, typer.Option(help="Even after a contract migration.")] = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+) -> None:
+    """Return stable to the last known-good release (or --to one)."""
+    cfg, target = _open(stack, local, project_dir, context)
+    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    outcome = _guard(lambda: engine.rollback(to, force))
+    assert outcome is not None
+    console.print(f"[bold green]ROLLED BACK[/bold green] {_escape(outcome.reason)}")
+
+
+# ------------------------------------------------------------------------------ local
+
+
+LocalDirOpt = Annotated[Path, typer.Option("--dir", help="Where the local stack lives.")]
+
+
+@local_app.command("up")
+def local_up(root: LocalDirOpt = Path(".portal/local")) -> None:
+    """Start Postgres, Redis, the app, nginx, Prometheus and exporters on loopback."""
+    from rollout.local.stack import LocalStack
+
+    try:
+        state = LocalStack(root).up(lambda m: console.print(f"• {m}"))
+    except ServerError as exc:
+        fail(str(exc), 1)
+    console.print(f"API: {state['nginx_url']}/api/users   Prometheus: {state['prometheus_url']}")
+
+
+@local_app.command("down")
+def local_down(root: LocalDirOpt = Path(".portal/local")) -> None:
+    """Stop everything the local stack started."""
+    from rollout.local.stack import LocalStack
+
+    LocalStack(root).down(lambda m: console.print(f"• {m}"))
+
+
+@local_app.command("drill")
+def local_drill(
+    root: LocalDirOpt = Path(".portal/local"),
+    keep: Annotated[bool, typer.Option(help="Leave the stack running.")] = True,
+) -> None:
+    """Release a good v2, a failing v3 and a slow v4; write a report for each."""
+    from rollout.local.drill import run_drill
+
+    try:
+        result = run_drill(root, console=console)
+    except ServerError as exc:
+        fail(str(exc), 1)
+    if not keep:
+        from rollout.local.stack import LocalStack
+
+        LocalStack(root).down(lambda m: None)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+# ------------------------------------------------------------------------------ plugins
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="portal.cli"):
+        try:
+            sub = ep.load()
+        except Exception as exc:  # a broken plugin must not break portalctl
+            err.print(f"portalctl: plugin {ep.name!r} did not load: {exc}", markup=False)
+            continue
+        app.add_typer(sub, name=ep.name)
+
+
+def main() -> None:
+    _load_plugins()
+    app(prog_name="portalctl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,28 @@
+"""Open the stack config and the target ``portalctl`` drives: a cluster, or the local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.config import StackConfig, load_stack
+from rollout.target import Target, TargetError
+
+
+def open_target(
+    stack: str | None, local: bool, project_dir: Path = Path("."), context: str | None = None
+) -> tuple[StackConfig, Target]:
+    """``--local``: the local stack under ``<project_dir>/.portal/local``; otherwise the stack
+    file ``Pulumi.<stack>.yaml`` and the cluster of the current kubeconfig context."""
+    if local:
+        from rollout.local.stack import LOCAL_DIR, local_config
+        from rollout.local.target import LocalTarget
+
+        return local_config(), LocalTarget.from_state(project_dir / LOCAL_DIR)
+    if not stack:
+        raise TargetError("say which stack: --stack staging|prod (or --local)")
+    cfg = load_stack(stack, project_dir)
+    try:
+        from rollout.k8s import KubernetesTarget
+    except ImportError as exc:  # pragma: no cover - the module ships with the package
+        raise TargetError(f"the Kubernetes target is not available: {exc}") from exc
+    return cfg, KubernetesTarget.from_kubeconfig(cfg, context=context)
