@@ -52,6 +52,7 @@ LocalOpt = Annotated[bool, typer.Option("--local", help="Drive the local stack i
 ProjectOpt = Annotated[Path, typer.Option("--project-dir", help="Where Pulumi.<stack>.yaml live.")]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DirOpt = Annotated[Path | None, typer.Option("--dir", help="Local stack directory (--local).")]
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -60,14 +61,18 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def _open(
-    stack: str | None, local: bool, project_dir: Path, context: str | None = None
+    stack: str | None,
+    local: bool,
+    project_dir: Path,
+    context: str | None = None,
+    local_dir: Path | None = None,
 ) -> tuple[StackConfig, Target]:
     from rollout.targets import open_target
 
     if stack and local:
         fail("--stack and --local are exclusive")
     try:
-        return open_target(stack, local, project_dir, context)
+        return open_target(stack, local, project_dir, context, local_dir)
     except ConfigError as exc:
         fail(f"invalid stack config: {exc}")
     except (TargetError, ServerError) as exc:
@@ -208,6 +213,7 @@ def release_start(
     ] = None,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
+    local_dir: DirOpt = None,
 ) -> None:
     """Release a new version through the stack's canary steps; exit 0 promoted, 1 rolled back."""
     if local:
@@ -222,7 +228,7 @@ def release_start(
             fail(f"--image {image!r} is not an image reference with a tag (repo/name:tag)")
         version = version or image.rsplit(":", 1)[-1]
     extra = parse_env(env or [])
-    cfg, target = _open(stack, local, project_dir, context)
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress())
     outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image, extra)))
     assert outcome is not None
@@ -235,9 +241,10 @@ def release_resume(
     local: LocalOpt = False,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
+    local_dir: DirOpt = None,
 ) -> None:
     """Continue the release in flight from the step it was on (after a crash or a hold)."""
-    cfg, target = _open(stack, local, project_dir, context)
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress())
     outcome = _guard(engine.resume)
     assert outcome is not None
@@ -245,9 +252,14 @@ def release_resume(
 
 
 def _request(
-    action: str, stack: str | None, local: bool, project_dir: Path, context: str | None
+    action: str,
+    stack: str | None,
+    local: bool,
+    project_dir: Path,
+    context: str | None,
+    local_dir: Path | None,
 ) -> None:
-    cfg, target = _open(stack, local, project_dir, context)
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress())
     outcome = _guard(lambda: engine.request(action, _user()))
     if outcome is None:
@@ -264,9 +276,10 @@ def release_promote(
     local: LocalOpt = False,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
+    local_dir: DirOpt = None,
 ) -> None:
     """Promote the release in flight now (skips the remaining steps; approves a pause)."""
-    _request("promote", stack, local, project_dir, context)
+    _request("promote", stack, local, project_dir, context, local_dir)
 
 
 @release_app.command("abort")
@@ -275,9 +288,10 @@ def release_abort(
     local: LocalOpt = False,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
+    local_dir: DirOpt = None,
 ) -> None:
     """Roll the release in flight back now."""
-    _request("abort", stack, local, project_dir, context)
+    _request("abort", stack, local, project_dir, context, local_dir)
 
 
 @release_app.command("status")
@@ -288,9 +302,10 @@ def release_status(
     context: ContextOpt = None,
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(help="History rows.")] = 10,
+    local_dir: DirOpt = None,
 ) -> None:
     """The release in flight and the history."""
-    cfg, target = _open(stack, local, project_dir, context)
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir)
     try:
         status = engine.status()
@@ -329,6 +344,24 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+@release_app.command("contract")
+def release_contract(
+    stack: StackOpt = None,
+    local: LocalOpt = False,
+    project_dir: ProjectOpt = Path("."),
+    context: ContextOpt = None,
+    local_dir: DirOpt = None,
+) -> None:
+    """Run the contract (backward-incompatible) migrations once every instance runs stable."""
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
+    engine = _engine(cfg, target, stack, local, project_dir)
+    try:
+        applied = engine.contract(_user())
+    except (ReleaseError, LedgerError, TargetError) as exc:
+        fail(str(exc), 1)
+    console.print("contract migrations applied: " + (", ".join(applied) or "none pending"))
+
+
 # ------------------------------------------------------------------------------ rollback
 
 
@@ -340,9 +373,10 @@ def rollback(
     force: Annotated[bool, typer.Option(help="Even after a contract migration.")] = False,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
+    local_dir: DirOpt = None,
 ) -> None:
     """Return stable to the last known-good release (or --to one)."""
-    cfg, target = _open(stack, local, project_dir, context)
+    cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress())
     outcome = _guard(lambda: engine.rollback(to, force))
     assert outcome is not None

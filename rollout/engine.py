@@ -303,6 +303,33 @@ class ReleaseEngine:
         self._emit("rolled_back", rid, reason)
         return Outcome("PROMOTED", rid, reason)
 
+    def contract(self, by: str) -> list[str]:
+        """Run the contract migrations of the stable version (once no older version runs) and
+        record them: from now on a rollback to a release before them is refused."""
+        doc = self.ledger.read()
+        if active_release(doc) is not None:
+            raise ReleaseError("a release is in flight: contract migrations wait until it ends")
+        stable = doc.get("stable") or {}
+        version = stable.get("version") or self.target.state().stable_version
+        spec = ReleaseSpec(str(stable.get("release_id") or "stable"), version, stable.get("image"))
+        result = self.target.run_migrations(spec, "contract")
+        if not result.ok:
+            raise ReleaseError(f"contract migration failed: {result.detail}")
+        if result.applied:
+            now = self.clock()
+            self.ledger.update(
+                lambda d: d.setdefault("contract_migrations", []).append(
+                    {
+                        "release_id": spec.release_id,
+                        "version": version,
+                        "at": now,
+                        "applied": list(result.applied),
+                        "by": by,
+                    }
+                )
+            )
+        return list(result.applied)
+
     # ========================================================================= the run
 
     def _run(self, release_id: str) -> Outcome:

@@ -9,20 +9,27 @@ from rollout.target import Target, TargetError
 
 
 def open_target(
-    stack: str | None, local: bool, project_dir: Path = Path("."), context: str | None = None
+    stack: str | None,
+    local: bool,
+    project_dir: Path = Path("."),
+    context: str | None = None,
+    local_dir: Path | None = None,
 ) -> tuple[StackConfig, Target]:
-    """``--local``: the local stack under ``<project_dir>/.portal/local``; otherwise the stack
-    file ``Pulumi.<stack>.yaml`` and the cluster of the current kubeconfig context."""
+    """``--local``: the local stack under ``local_dir`` (default
+    ``<project_dir>/.portal/local``) with its config (``canary.json`` there overrides the canary
+    settings); otherwise the stack file ``Pulumi.<stack>.yaml`` and the cluster of the current
+    kubeconfig context."""
     if local:
-        from rollout.local.stack import LOCAL_DIR, local_config
+        from rollout.local.stack import LOCAL_DIR, local_stack_config
         from rollout.local.target import LocalTarget
 
-        return local_config(), LocalTarget.from_state(project_dir / LOCAL_DIR)
+        root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
+        return local_stack_config(root), LocalTarget.from_state(root)
     if not stack:
         raise TargetError("say which stack: --stack staging|prod (or --local)")
     cfg = load_stack(stack, project_dir)
     try:
-        from rollout.k8s import KubernetesTarget
+        from rollout.k8s import KubernetesTarget  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:  # pragma: no cover - the module ships with the package
         raise TargetError(f"the Kubernetes target is not available: {exc}") from exc
     return cfg, KubernetesTarget.from_kubeconfig(cfg, context=context)

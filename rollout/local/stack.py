@@ -77,6 +77,21 @@ def local_config(**canary: Any) -> StackConfig:
     return parse_config(values, "local")
 
 
+def local_stack_config(root: Path) -> StackConfig:
+    """``local_config`` with the overrides of ``<root>/canary.json`` (a ``portal:canary``
+    mapping), so drills and tests can shorten or lengthen the windows of every ``portalctl``."""
+    path = Path(root) / "canary.json"
+    if not path.exists():
+        return local_config()
+    try:
+        overrides = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ServerError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ServerError(f"{path} must hold a mapping of portal:canary keys")
+    return local_config(**overrides)
+
+
 def _python() -> str:
     return sys.executable
 
