@@ -35,7 +35,7 @@ IMAGE_RE = re.compile(
 )
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
     no_args_is_help=True,
