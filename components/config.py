@@ -100,7 +100,13 @@ def _int(m: Mapping[str, Any], key: str, path: str, default: int, lo: int, hi: i
 
 
 def _float(
-    m: Mapping[str, Any], key: str, path: str, default: float, lo: float, hi: float, *,
+    m: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: float,
+    lo: float,
+    hi: float,
+    *,
     lo_open: bool = False,
 ) -> float:
     value = m.get(key, default)
@@ -122,7 +128,11 @@ def _bool(m: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
 
 
 def _str(
-    m: Mapping[str, Any], key: str, path: str, default: str | None, pattern: re.Pattern[str],
+    m: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: str | None,
+    pattern: re.Pattern[str],
     what: str,
 ) -> str:
     value = m.get(key, default)
@@ -154,7 +164,12 @@ def parse_duration(value: Any, path: str) -> float:
 
 
 def _duration(
-    m: Mapping[str, Any], key: str, path: str, default: str | float, lo: float, hi: float,
+    m: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: str | float,
+    lo: float,
+    hi: float,
 ) -> float:
     seconds = parse_duration(m.get(key, default), _path(path, key))
     if not lo <= seconds <= hi:
@@ -184,14 +199,33 @@ class Resources:
     def parse(cls, value: Any, path: str, default: Resources) -> Resources:
         m = _obj(value, path, cls.KEYS)
         return cls(
-            cpu_request=_str(m, "cpuRequest", path, default.cpu_request, _CPU,
-                             'a CPU quantity such as "250m" or "1"'),
-            memory_request=_str(m, "memoryRequest", path, default.memory_request, _MEMORY,
-                                'a memory quantity such as "256Mi"'),
-            cpu_limit=_str(m, "cpuLimit", path, default.cpu_limit, _CPU,
-                           'a CPU quantity such as "500m" or "2"'),
-            memory_limit=_str(m, "memoryLimit", path, default.memory_limit, _MEMORY,
-                              'a memory quantity such as "512Mi"'),
+            cpu_request=_str(
+                m,
+                "cpuRequest",
+                path,
+                default.cpu_request,
+                _CPU,
+                'a CPU quantity such as "250m" or "1"',
+            ),
+            memory_request=_str(
+                m,
+                "memoryRequest",
+                path,
+                default.memory_request,
+                _MEMORY,
+                'a memory quantity such as "256Mi"',
+            ),
+            cpu_limit=_str(
+                m, "cpuLimit", path, default.cpu_limit, _CPU, 'a CPU quantity such as "500m" or "2"'
+            ),
+            memory_limit=_str(
+                m,
+                "memoryLimit",
+                path,
+                default.memory_limit,
+                _MEMORY,
+                'a memory quantity such as "512Mi"',
+            ),
         )
 
     def as_k8s(self) -> dict[str, dict[str, str]]:
@@ -494,12 +528,25 @@ _GRAFANA_RES = Resources("100m", "128Mi", "500m", "512Mi")
 _JAEGER_RES = Resources("100m", "256Mi", "500m", "1Gi")
 
 DEFAULT_STEPS: tuple[Step, ...] = (
-    Step(10, 300.0), Step(25, 300.0), Step(50, 300.0), Step(100, 300.0),
+    Step(10, 300.0),
+    Step(25, 300.0),
+    Step(50, 300.0),
+    Step(100, 300.0),
 )
 
 TOP_LEVEL_KEYS = (
-    "environment", "namespace", "app", "traffic", "postgres", "redis", "migrations",
-    "observability", "slo", "canary", "alerts", "sentryDsn",
+    "environment",
+    "namespace",
+    "app",
+    "traffic",
+    "postgres",
+    "redis",
+    "migrations",
+    "observability",
+    "slo",
+    "canary",
+    "alerts",
+    "sentryDsn",
 )
 
 
@@ -509,21 +556,43 @@ def _pinned_image(m: Mapping[str, Any], key: str, path: str, default: str) -> st
         raise ConfigError(_path(path, key), value, "expected an image pinned by tag (name:tag)")
     repo, tag = value.rsplit(":", 1)
     if tag == "latest" or not _IMAGE_TAG.match(tag) or not _IMAGE_REPO.match(repo):
-        raise ConfigError(_path(path, key), value,
-                          "expected an image pinned by tag (name:tag, and not :latest)")
+        raise ConfigError(
+            _path(path, key), value, "expected an image pinned by tag (name:tag, and not :latest)"
+        )
     return value
 
 
 def _parse_app(value: Any) -> AppConfig:
     path = f"{NAMESPACE}:app"
-    m = _obj(value, path, (
-        "image", "version", "replicas", "canaryReplicas", "port", "resources", "hpa",
-        "pdbMinAvailable", "cacheTtl", "slowQueryMs", "slowRequestMs", "dbPoolSize",
-    ))
-    image = _str(m, "image", path, None, _IMAGE_REPO,
-                 'an image repository without a tag, e.g. "ghcr.io/acme/portal"')
-    version = _str(m, "version", path, None, _IMAGE_TAG,
-                   'an image tag such as "1.4.0" (not "latest")')
+    m = _obj(
+        value,
+        path,
+        (
+            "image",
+            "version",
+            "replicas",
+            "canaryReplicas",
+            "port",
+            "resources",
+            "hpa",
+            "pdbMinAvailable",
+            "cacheTtl",
+            "slowQueryMs",
+            "slowRequestMs",
+            "dbPoolSize",
+        ),
+    )
+    image = _str(
+        m,
+        "image",
+        path,
+        None,
+        _IMAGE_REPO,
+        'an image repository without a tag, e.g. "ghcr.io/acme/portal"',
+    )
+    version = _str(
+        m, "version", path, None, _IMAGE_TAG, 'an image tag such as "1.4.0" (not "latest")'
+    )
     if version == "latest":
         raise ConfigError(f"{path}.version", version, 'expected a pinned tag, not "latest"')
     replicas = _int(m, "replicas", path, 2, 1, 100)
@@ -532,15 +601,22 @@ def _parse_app(value: Any) -> AppConfig:
     hpa_min = _int(hpa, "minReplicas", hpa_path, replicas, 1, 100)
     hpa_max = _int(hpa, "maxReplicas", hpa_path, max(hpa_min, replicas * 2), 1, 200)
     if hpa_max < hpa_min:
-        raise ConfigError(f"{hpa_path}.maxReplicas", hpa_max,
-                          f"expected at least minReplicas ({hpa_min})")
+        raise ConfigError(
+            f"{hpa_path}.maxReplicas", hpa_max, f"expected at least minReplicas ({hpa_min})"
+        )
     if not hpa_min <= replicas <= hpa_max:
-        raise ConfigError(f"{path}.replicas", replicas,
-                          f"expected within the autoscaler's range {hpa_min}..{hpa_max}")
+        raise ConfigError(
+            f"{path}.replicas",
+            replicas,
+            f"expected within the autoscaler's range {hpa_min}..{hpa_max}",
+        )
     pdb = _int(m, "pdbMinAvailable", path, max(1, replicas - 1), 0, 100)
     if pdb >= replicas > 1:
-        raise ConfigError(f"{path}.pdbMinAvailable", pdb,
-                          f"expected below replicas ({replicas}) so nodes can be drained")
+        raise ConfigError(
+            f"{path}.pdbMinAvailable",
+            pdb,
+            f"expected below replicas ({replicas}) so nodes can be drained",
+        )
     ttl_path = f"{path}.cacheTtl"
     ttl = _obj(m.get("cacheTtl"), ttl_path, ("short", "medium", "long"))
     cache_ttl = CacheTtl(
@@ -584,10 +660,20 @@ def _parse_traffic(value: Any, stack: str) -> TrafficConfig:
 
 def _parse_postgres(value: Any) -> PostgresConfig:
     path = f"{NAMESPACE}:postgres"
-    m = _obj(value, path, (
-        "image", "exporterImage", "database", "user", "storageSize", "storageClass",
-        "maxConnections", "resources",
-    ))
+    m = _obj(
+        value,
+        path,
+        (
+            "image",
+            "exporterImage",
+            "database",
+            "user",
+            "storageSize",
+            "storageClass",
+            "maxConnections",
+            "resources",
+        ),
+    )
     ident = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
     storage_class = m.get("storageClass")
     if storage_class is not None and (
@@ -612,20 +698,31 @@ def _parse_redis(value: Any) -> RedisConfig:
     return RedisConfig(
         image=_pinned_image(m, "image", path, DEFAULT_IMAGES["redis"]),
         exporter_image=_pinned_image(m, "exporterImage", path, DEFAULT_IMAGES["redisExporter"]),
-        max_memory=_str(m, "maxMemory", path, "256mb", _REDIS_MEMORY,
-                        'a Redis size such as "256mb" or "1gb"'),
+        max_memory=_str(
+            m, "maxMemory", path, "256mb", _REDIS_MEMORY, 'a Redis size such as "256mb" or "1gb"'
+        ),
         resources=Resources.parse(m.get("resources"), f"{path}.resources", _REDIS_RES),
     )
 
 
 def _parse_migrations(value: Any) -> MigrationsConfig:
     path = f"{NAMESPACE}:migrations"
-    m = _obj(value, path, (
-        "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished", "backup",
-    ))
+    m = _obj(
+        value,
+        path,
+        (
+            "backoffLimit",
+            "activeDeadlineSeconds",
+            "ttlSecondsAfterFinished",
+            "backup",
+        ),
+    )
     bpath = f"{path}.backup"
-    b = _obj(m.get("backup"), bpath, ("enabled", "bucket", "region", "endpoint",
-                                      "credentialsSecret", "uploaderImage"))
+    b = _obj(
+        m.get("backup"),
+        bpath,
+        ("enabled", "bucket", "region", "endpoint", "credentialsSecret", "uploaderImage"),
+    )
     enabled = _bool(b, "enabled", bpath, False)
     bucket = b.get("bucket")
     secret = b.get("credentialsSecret")
@@ -633,8 +730,14 @@ def _parse_migrations(value: Any) -> MigrationsConfig:
     if enabled or bucket is not None:
         bucket = _str(b, "bucket", bpath, None, _BUCKET, "an S3 bucket name")
     if enabled or secret is not None:
-        secret = _str(b, "credentialsSecret", bpath, None, _DNS_LABEL,
-                      "the name of a Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+        secret = _str(
+            b,
+            "credentialsSecret",
+            bpath,
+            None,
+            _DNS_LABEL,
+            "the name of a Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        )
     if endpoint is not None and (
         not isinstance(endpoint, str) or not re.match(r"^https?://[^\s]+$", endpoint)
     ):
@@ -646,39 +749,58 @@ def _parse_migrations(value: Any) -> MigrationsConfig:
         backup=BackupConfig(
             enabled=enabled,
             bucket=bucket,
-            region=_str(b, "region", bpath, "us-east-1", re.compile(r"^[a-z0-9-]+$"),
-                        "an AWS region name"),
+            region=_str(
+                b, "region", bpath, "us-east-1", re.compile(r"^[a-z0-9-]+$"), "an AWS region name"
+            ),
             endpoint=endpoint,
             credentials_secret=secret,
-            uploader_image=_pinned_image(b, "uploaderImage", bpath,
-                                         DEFAULT_IMAGES["backupUploader"]),
+            uploader_image=_pinned_image(
+                b, "uploaderImage", bpath, DEFAULT_IMAGES["backupUploader"]
+            ),
         ),
     )
 
 
 def _parse_observability(value: Any) -> ObservabilityConfig:
     path = f"{NAMESPACE}:observability"
-    m = _obj(value, path, (
-        "prometheusImage", "grafanaImage", "jaegerImage", "retention", "scrapeInterval",
-        "prometheusStorageSize", "prometheusResources", "grafanaResources", "jaegerResources",
-        "kubeStateMetricsImage", "pushgatewayImage",
-    ))
+    m = _obj(
+        value,
+        path,
+        (
+            "prometheusImage",
+            "grafanaImage",
+            "jaegerImage",
+            "retention",
+            "scrapeInterval",
+            "prometheusStorageSize",
+            "prometheusResources",
+            "grafanaResources",
+            "jaegerResources",
+            "kubeStateMetricsImage",
+            "pushgatewayImage",
+        ),
+    )
     return ObservabilityConfig(
         prometheus_image=_pinned_image(m, "prometheusImage", path, DEFAULT_IMAGES["prometheus"]),
         grafana_image=_pinned_image(m, "grafanaImage", path, DEFAULT_IMAGES["grafana"]),
         jaeger_image=_pinned_image(m, "jaegerImage", path, DEFAULT_IMAGES["jaeger"]),
         retention=_str(m, "retention", path, "15d", _RETENTION, 'a retention such as "15d"'),
         scrape_interval_s=_duration(m, "scrapeInterval", path, "15s", 1, 300),
-        prometheus_storage_size=_str(m, "prometheusStorageSize", path, "20Gi", _MEMORY,
-                                     'a size such as "20Gi"'),
+        prometheus_storage_size=_str(
+            m, "prometheusStorageSize", path, "20Gi", _MEMORY, 'a size such as "20Gi"'
+        ),
         prometheus_resources=Resources.parse(
-            m.get("prometheusResources"), f"{path}.prometheusResources", _PROM_RES),
+            m.get("prometheusResources"), f"{path}.prometheusResources", _PROM_RES
+        ),
         grafana_resources=Resources.parse(
-            m.get("grafanaResources"), f"{path}.grafanaResources", _GRAFANA_RES),
+            m.get("grafanaResources"), f"{path}.grafanaResources", _GRAFANA_RES
+        ),
         jaeger_resources=Resources.parse(
-            m.get("jaegerResources"), f"{path}.jaegerResources", _JAEGER_RES),
-        kube_state_metrics_image=_pinned_image(m, "kubeStateMetricsImage", path,
-                                               DEFAULT_IMAGES["kubeStateMetrics"]),
+            m.get("jaegerResources"), f"{path}.jaegerResources", _JAEGER_RES
+        ),
+        kube_state_metrics_image=_pinned_image(
+            m, "kubeStateMetricsImage", path, DEFAULT_IMAGES["kubeStateMetrics"]
+        ),
         pushgateway_image=_pinned_image(m, "pushgatewayImage", path, DEFAULT_IMAGES["pushgateway"]),
     )
 
@@ -708,8 +830,11 @@ def parse_steps(value: Any, path: str = f"{NAMESPACE}:canary.steps") -> tuple[St
         if isinstance(raw, Mapping) and "pause" in raw:
             m = _obj(raw, spath, ("pause",))
             if m["pause"] is not True:
-                raise ConfigError(f"{spath}.pause", m["pause"],
-                                  "expected true (wait for `portalctl release promote`)")
+                raise ConfigError(
+                    f"{spath}.pause",
+                    m["pause"],
+                    "expected true (wait for `portalctl release promote`)",
+                )
             steps.append(Step(None, 0.0, pause=True))
             continue
         m = _obj(raw, spath, ("weight", "analysis"))
@@ -721,8 +846,11 @@ def parse_steps(value: Any, path: str = f"{NAMESPACE}:canary.steps") -> tuple[St
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= 100:
             raise ConfigError(f"{spath}.weight", weight, "not a percentage (0 < weight <= 100)")
         if weight <= last:
-            raise ConfigError(f"{spath}.weight", weight,
-                              f"weights must increase from step to step (previous was {last})")
+            raise ConfigError(
+                f"{spath}.weight",
+                weight,
+                f"weights must increase from step to step (previous was {last})",
+            )
         last = weight
         analysis = _duration(m, "analysis", spath, "5m", 1, 86400)
         steps.append(Step(weight, analysis))
@@ -731,8 +859,9 @@ def parse_steps(value: Any, path: str = f"{NAMESPACE}:canary.steps") -> tuple[St
     return tuple(steps)
 
 
-def _parse_policy(value: Any, path: str, default: VerdictPolicy,
-                  thens: Sequence[str]) -> VerdictPolicy:
+def _parse_policy(
+    value: Any, path: str, default: VerdictPolicy, thens: Sequence[str]
+) -> VerdictPolicy:
     m = _obj(value, path, ("limit", "then"))
     return VerdictPolicy(
         limit_s=_duration(m, "limit", path, default.limit_s, 0, 86400),
@@ -742,17 +871,33 @@ def _parse_policy(value: Any, path: str, default: VerdictPolicy,
 
 def _parse_canary(value: Any) -> CanaryConfig:
     path = f"{NAMESPACE}:canary"
-    m = _obj(value, path, (
-        "steps", "interval", "settle", "minRequests", "maxErrorRateIncrease", "maxP95Ratio",
-        "minP95IncreaseMs", "confidence", "healthFailures", "onInsufficientData",
-        "onProviderError", "leaseTtl",
-    ))
+    m = _obj(
+        value,
+        path,
+        (
+            "steps",
+            "interval",
+            "settle",
+            "minRequests",
+            "maxErrorRateIncrease",
+            "maxP95Ratio",
+            "minP95IncreaseMs",
+            "confidence",
+            "healthFailures",
+            "onInsufficientData",
+            "onProviderError",
+            "leaseTtl",
+        ),
+    )
     steps = parse_steps(m.get("steps"), f"{path}.steps")
     interval = _duration(m, "interval", path, "10s", 0.1, 600)
     for i, step in enumerate(steps):
         if not step.pause and step.analysis_s < interval:
-            raise ConfigError(f"{path}.steps[{i}].analysis", step.analysis_s,
-                              f"expected at least one check interval ({interval:g}s)")
+            raise ConfigError(
+                f"{path}.steps[{i}].analysis",
+                step.analysis_s,
+                f"expected at least one check interval ({interval:g}s)",
+            )
     return CanaryConfig(
         steps=steps,
         interval_s=interval,
@@ -764,12 +909,16 @@ def _parse_canary(value: Any) -> CanaryConfig:
         confidence=_float(m, "confidence", path, 0.99, 0.5, 0.9999),
         health_failures=_int(m, "healthFailures", path, 2, 1, 100),
         on_insufficient_data=_parse_policy(
-            m.get("onInsufficientData"), f"{path}.onInsufficientData",
-            VerdictPolicy(600.0, "hold"), ("fail", "hold"),
+            m.get("onInsufficientData"),
+            f"{path}.onInsufficientData",
+            VerdictPolicy(600.0, "hold"),
+            ("fail", "hold"),
         ),
         on_provider_error=_parse_policy(
-            m.get("onProviderError"), f"{path}.onProviderError",
-            VerdictPolicy(120.0, "abort"), ("hold", "abort"),
+            m.get("onProviderError"),
+            f"{path}.onProviderError",
+            VerdictPolicy(120.0, "abort"),
+            ("hold", "abort"),
         ),
         lease_ttl_s=_duration(m, "leaseTtl", path, "60s", 1, 3600),
     )
@@ -777,8 +926,18 @@ def _parse_canary(value: Any) -> CanaryConfig:
 
 def _parse_alerts(value: Any) -> AlertsConfig:
     path = f"{NAMESPACE}:alerts"
-    m = _obj(value, path, ("cacheHitRateMin", "slowQueryMs", "pgConnectionsMaxRatio",
-                           "redisMemoryMaxRatio", "for", "runbookBaseUrl"))
+    m = _obj(
+        value,
+        path,
+        (
+            "cacheHitRateMin",
+            "slowQueryMs",
+            "pgConnectionsMaxRatio",
+            "redisMemoryMaxRatio",
+            "for",
+            "runbookBaseUrl",
+        ),
+    )
     for_duration = m.get("for", "5m")
     parse_duration(for_duration, f"{path}.for")
     if not isinstance(for_duration, str):
@@ -786,8 +945,9 @@ def _parse_alerts(value: Any) -> AlertsConfig:
     return AlertsConfig(
         cache_hit_rate_min=_float(m, "cacheHitRateMin", path, 0.7, 0.0, 1.0),
         slow_query_ms=_float(m, "slowQueryMs", path, 250.0, 1.0, 600000.0),
-        pg_connections_max_ratio=_float(m, "pgConnectionsMaxRatio", path, 0.8, 0.0, 1.0,
-                                        lo_open=True),
+        pg_connections_max_ratio=_float(
+            m, "pgConnectionsMaxRatio", path, 0.8, 0.0, 1.0, lo_open=True
+        ),
         redis_memory_max_ratio=_float(m, "redisMemoryMaxRatio", path, 0.9, 0.0, 1.0, lo_open=True),
         for_duration=for_duration,
         runbook_base_url=_runbook_base_url(m, path),
@@ -797,8 +957,11 @@ def _parse_alerts(value: Any) -> AlertsConfig:
 def _runbook_base_url(m: Mapping[str, Any], path: str) -> str:
     value = m.get("runbookBaseUrl", DEFAULT_RUNBOOK_BASE_URL)
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", value):
-        raise ConfigError(f"{path}.runbookBaseUrl", value,
-                          "expected an http(s) URL of the folder holding the runbooks")
+        raise ConfigError(
+            f"{path}.runbookBaseUrl",
+            value,
+            "expected an http(s) URL of the folder holding the runbooks",
+        )
     return value.rstrip("/")
 
 
@@ -814,19 +977,26 @@ def parse_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         if key not in TOP_LEVEL_KEYS:
             near = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
             hint = f" (did you mean {NAMESPACE}:{near[0]}?)" if near else ""
-            raise ConfigError(f"{NAMESPACE}:{key}", raw,
-                              f"unknown key{hint}; known keys: {', '.join(TOP_LEVEL_KEYS)}")
+            raise ConfigError(
+                f"{NAMESPACE}:{key}",
+                raw,
+                f"unknown key{hint}; known keys: {', '.join(TOP_LEVEL_KEYS)}",
+            )
         decoded[key] = _decode(raw)
     if "app" not in decoded:
-        raise ConfigError(f"{NAMESPACE}:app", None,
-                          "required: a mapping with at least image and version")
+        raise ConfigError(
+            f"{NAMESPACE}:app", None, "required: a mapping with at least image and version"
+        )
     environment = decoded.get("environment", stack)
     if not isinstance(environment, str) or not _DNS_LABEL.match(environment):
         raise ConfigError(f"{NAMESPACE}:environment", environment, "expected a DNS label")
     namespace = decoded.get("namespace", f"portal-{stack}")
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-        raise ConfigError(f"{NAMESPACE}:namespace", namespace,
-                          "expected a Kubernetes namespace name (DNS label, max 63 chars)")
+        raise ConfigError(
+            f"{NAMESPACE}:namespace",
+            namespace,
+            "expected a Kubernetes namespace name (DNS label, max 63 chars)",
+        )
     return StackConfig(
         stack=stack,
         environment=environment,

@@ -114,8 +114,9 @@ def prometheus_factory(server_root: Path) -> Iterator[Callable[..., PrometheusSe
     started: list[PrometheusServer] = []
 
     def start(config: str, rule_files: dict[str, str] | None = None) -> PrometheusServer:
-        server = PrometheusServer(server_root / _unique("prom"), free_port(), config,
-                                  rule_files or {}).start()
+        server = PrometheusServer(
+            server_root / _unique("prom"), free_port(), config, rule_files or {}
+        ).start()
         started.append(server)
         return server
 
