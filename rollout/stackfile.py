@@ -21,6 +21,7 @@ def set_app_version(path: Path, version: str, image: str | None = None) -> None:
     """Set ``portal:app.version`` (and ``image``'s repository when given with a tag)."""
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)  # the style of the stack files
     try:
         doc = yaml.load(path.read_text())
     except OSError as exc:

@@ -69,7 +69,7 @@ def test_a_healthy_release_goes_through_every_step_and_stable_takes_it(target, l
 
 
 def test_an_erroring_canary_is_rolled_back_with_an_incident_naming_the_check(target, load):
-    engine = engine_for(target)
+    engine = ReleaseEngine(fast_config(), target, pushgateway_url=target.pushgateway_url)
     before = versions_of_stable(target)
     outcome = engine.start(ReleaseSpec("", "3.0.0", None, {"PORTAL_FAULT_ERROR_RATE": "0.3"}))
     assert outcome.status == "ABORTED"
@@ -86,6 +86,11 @@ def test_an_erroring_canary_is_rolled_back_with_an_incident_naming_the_check(tar
     assert ("set_weight", 100) not in actions(release)
     page = render(release)
     assert "<svg" in page and "error_rate" in page and "release-aborted" in page
+    # the abort is published for the PortalReleaseAborted alert
+    with urllib.request.urlopen(f"{target.pushgateway_url}/metrics", timeout=5) as r:
+        pushed = r.read().decode()
+    assert "portal_release_aborted_timestamp_seconds{" in pushed
+    assert f'release="{outcome.release_id}"' in pushed and 'stack="local"' in pushed
 
 
 def test_a_slow_canary_is_rolled_back_by_the_latency_gate(target, load):
