@@ -19,6 +19,7 @@ BENCHMARKS = {
     "service": "bench.service",
     "cache": "bench.cache",
     "migrations": "bench.migrations",
+    "judgement": "bench.judgement",
     "pulumi": "bench.pulumi_program",
 }
 
