@@ -34,7 +34,7 @@ IMAGE_RE = re.compile(
     r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$|^[^\s@]+@sha256:[0-9a-f]{64}$"
 )
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(

@@ -141,8 +141,9 @@ def run_drill(
         mark = "[green]as expected[/green]" if r.ok else "[red]NOT as expected[/red]"
         extra = f", {r.detect_s:.1f}s from first canary traffic to weight 0" if r.detect_s else ""
         console.print(f"{r.version:7} {r.fault:26} -> {r.outcome.status:8} {mark}{extra}")
+    statuses = ", ".join(f"{k or 'no answer'}: {v}" for k, v in sorted(counts.by_status.items()))
     console.print(
-        f"load: {result.requests} requests, {result.failed_requests} failed; "
+        f"load: {result.requests} requests ({statuses}), {result.failed_requests} failed; "
         f"false rollbacks: {result.false_rollbacks}; reports in {reports}"
     )
     return result

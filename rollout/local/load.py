@@ -77,21 +77,28 @@ class LoadGenerator:
             next_at += interval
             method, path, body = self._request()
             status = 0
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
-                headers = {"Content-Type": "application/json"} if body else {}
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                status = resp.status
-                if resp.getheader("Connection", "").lower() == "close":
-                    conn.close()
+            for attempt in range(2):
+                # A kept-alive connection that nginx closed on a reload fails at once; like
+                # any HTTP client library, retry that once on a fresh connection.
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                    headers = {"Content-Type": "application/json"} if body else {}
+                    conn.request(method, path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    resp.read()
+                    status = resp.status
+                    if resp.getheader("Connection", "").lower() == "close":
+                        conn.close()
+                        conn = None
+                    break
+                except (OSError, http.client.HTTPException):
+                    if conn is not None:
+                        conn.close()
                     conn = None
-            except (OSError, http.client.HTTPException):
-                if conn is not None:
-                    conn.close()
-                conn = None
+                    if not reused or attempt:
+                        break
             with self._lock:
                 self.counts.sent += 1
                 self.counts.by_status[status] = self.counts.by_status.get(status, 0) + 1

@@ -435,7 +435,10 @@ http {{
       proxy_pass http://portal;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_next_upstream off;
+      # like ingress-nginx: a connection refused by a stopping instance is retried on another
+      # (never for non-idempotent requests, never for an HTTP error the app answered)
+      proxy_next_upstream error timeout;
+      proxy_next_upstream_tries 2;
     }}
   }}
 }}

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from rollout.target import (
     TargetError,
     TargetState,
 )
+
+DRAIN_S = 1.0
+"""After nginx is told to stop sending to an instance, how long its old workers may still do so
+(a reload is asynchronous) before the instance is stopped."""
 
 
 class LocalTarget:
@@ -178,6 +183,7 @@ class LocalTarget:
         s = self.state_data
         s["weight"] = 0
         self._save_routes(s)
+        time.sleep(DRAIN_S)
         for inst in self.stack.instances(s):
             if inst.track == "canary":
                 self.stack.stop_instance(inst)
@@ -216,6 +222,7 @@ class LocalTarget:
             # Take it out of nginx first so no request lands on a stopping process.
             s["instances"][idx]["pid"] = None
             self._save_routes(s)
+            time.sleep(DRAIN_S)
             self.stack.stop_instance(inst)
             inst.version = version
             inst.env = env
