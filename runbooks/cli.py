@@ -7,6 +7,7 @@ Exit codes of ``run``: 0 it ran, 1 a finding is critical, 2 bad input (one line 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -20,7 +21,7 @@ from components.config import ConfigError, StackConfig
 from rollout.local.servers import ServerError
 from rollout.target import Target, TargetError
 from runbooks.definitions import runbooks
-from runbooks.model import Runbook
+from runbooks.model import Runbook, action_name
 from runbooks.render import render_all
 from runbooks.runner import Runner
 
@@ -103,10 +104,17 @@ def _open(
 
 
 def _confirm(question: str) -> bool:
+    """Ask on a terminal; with no terminal (a pipe, a cron job) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
     try:
         return bool(typer.confirm(question, default=False))
-    except (click.Abort, EOFError):
+    except (click.Abort, EOFError, KeyboardInterrupt):
         return False
+    except Exception as exc:  # typer's own Abort and friends: an interrupted prompt is a no
+        if type(exc).__name__ == "Abort":
+            return False
+        raise
 
 
 @app.command("run")
@@ -128,6 +136,14 @@ def run(
     pattern: Annotated[
         str | None, typer.Option("--pattern", help="Cache key glob for a flush action.")
     ] = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--action",
+            help="Run only this action (repeat for more): rollback, "
+            "scale, flush_cache, disable_sentry.",
+        ),
+    ] = None,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
 ) -> None:
@@ -138,7 +154,15 @@ def run(
         fail(f"--window {window!r}: expected a PromQL duration like 30s or 5m")
     if pattern is not None and not re.fullmatch(r"[A-Za-z0-9:_\-*?]{1,200}", pattern):
         fail(f'--pattern {pattern!r}: expected a key glob like "user:*"')
-    slug = find(name, _reference()).slug
+    ref = find(name, _reference())
+    slug = ref.slug
+    offered = {action_name(a) for a in ref.actions}
+    for chosen in action or []:
+        if chosen not in offered:
+            fail(
+                f"--action {chosen!r}: {slug} offers "
+                + (", ".join(sorted(offered)) if offered else "no actions")
+            )
     cfg, target = _open(stack, local, local_dir, project_dir, context)
     rb = find(slug, runbooks(cfg))
     if release is not None:
@@ -156,6 +180,7 @@ def run(
         by=user,
         release_id=release,
         flush_pattern=pattern,
+        only=frozenset(action) if action else None,
     )
     try:
         result = runner.run(rb)

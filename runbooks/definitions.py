@@ -124,7 +124,6 @@ def _redis_errors(severity: Severity) -> Query:
         threshold=0,
         unit="count",
         severity=severity,
-        config_key="(any failure)",
     )
 
 
@@ -361,21 +360,21 @@ def runbooks(cfg: StackConfig) -> list[Runbook]:
             diagnosis=(
                 Query(
                     title="Redis answers its exporter",
+                    breach="Redis is down",
                     promql="min by (instance) (redis_up)",
                     op="<",
                     threshold=1,
                     unit="count",
                     severity="critical",
-                    config_key="(up is 1)",
                 ),
                 Query(
                     title="Redis exporter scrape is up",
+                    breach="the Redis exporter cannot be scraped",
                     promql=f'min by (instance) (up{{job="{JOB_REDIS}"}})',
                     op="<",
                     threshold=1,
                     unit="count",
                     severity="critical",
-                    config_key="(up is 1)",
                 ),
                 Probe("Cache check of every app instance", "critical", check="cache"),
                 _redis_errors("warning"),
@@ -427,7 +426,6 @@ def runbooks(cfg: StackConfig) -> list[Runbook]:
                     threshold=0,
                     unit="count",
                     severity="warning",
-                    config_key="(any eviction)",
                 ),
                 _cache_hit_rate(cfg),
             ),
@@ -464,7 +462,6 @@ def runbooks(cfg: StackConfig) -> list[Runbook]:
                     threshold=0,
                     unit="count",
                     severity="warning",
-                    config_key="(any)",
                 ),
                 KubeRead("App pods (phase, readiness, restarts)", "pods", "critical"),
                 KubeRead("Recent events", "events", "warning"),
@@ -522,7 +519,6 @@ def runbooks(cfg: StackConfig) -> list[Runbook]:
                     threshold=0,
                     unit="count",
                     severity="critical",
-                    config_key="(any)",
                 ),
             ),
             remediation=(

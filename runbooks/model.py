@@ -32,8 +32,10 @@ class Query:
     unit: Unit
     severity: Severity
     """How bad a breach is."""
-    config_key: str
-    """Where the threshold comes from (``portal:slo.maxErrorRate``...)."""
+    config_key: str = ""
+    """Where the threshold comes from (``portal:slo.maxErrorRate``...); empty for a fixed one."""
+    breach: str = ""
+    """What a breach means in words, leading the finding (``Redis is down``)."""
 
     def expr(self, window: str) -> str:
         return self.promql.replace(WINDOW, window)

@@ -73,8 +73,9 @@ def _step(rb: Runbook, index: int, step: Diagnosis, books: dict[str, dict[str, R
     if isinstance(step, Query):
         return (
             f"**Query** - {step.title}:\n\n   ```promql\n   {step.expr(CLUSTER_WINDOW)}\n   ```\n\n"
-            f"   A finding ({step.severity}) for every series {step.op} the threshold "
-            f"`{step.config_key}`: {_thresholds(rb.slug, index, books)}."
+            f"   A finding ({step.severity}) for every series {step.op} the threshold"
+            + (f" `{step.config_key}`" if step.config_key else "")
+            + f": {_thresholds(rb.slug, index, books)}."
         )
     if isinstance(step, Probe):
         about = f", naming the `{step.check}` check" if step.check else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -114,6 +115,7 @@ class Runner:
         by: str = "operator",
         release_id: str | None = None,
         flush_pattern: str | None = None,
+        only: frozenset[str] | None = None,
         prometheus: Prometheus | None = None,
         project_dir: Path = PROJECT_DIR,
     ) -> None:
@@ -126,6 +128,7 @@ class Runner:
         self.by = by
         self.release_id = release_id
         self.flush_pattern = flush_pattern
+        self.only = only
         self.prom = prometheus or Prometheus(target.prometheus_url)
         self.project_dir = project_dir
         self.ledger = Ledger(target.ledger(), cfg.stack, target.name)
@@ -258,7 +261,14 @@ class Runner:
         text = str(exc)
         if "unreachable" in text:
             self._prom_down = f"Prometheus at {self.prom.base_url} is unreachable"
-            return Finding(step, "warning", f"{self._prom_down}: metric checks cannot run ({exc})")
+            why = re.search(r"is unreachable \((.*?)\) for ", text)
+            return Finding(
+                step,
+                "warning",
+                f"{self._prom_down}"
+                + (f" ({why.group(1)})" if why else "")
+                + ": the metric checks cannot run; the other steps still do",
+            )
         return Finding(step, "warning", text)
 
     def _query(self, q: Query) -> list[Finding]:
@@ -272,7 +282,10 @@ class Runner:
         samples = [s for s in samples if not math.isnan(s.value)]
         if not samples:
             return [Finding(q.title, "info", f"no data over the last {self.window}")]
-        thr = f"{q.op} {fmt_value(q.threshold, q.unit)} ({q.config_key})"
+        thr = f"{q.op} {fmt_value(q.threshold, q.unit)}" + (
+            f" ({q.config_key})" if q.config_key else ""
+        )
+        lead = f"{q.breach}: " if q.breach else ""
         bad = [s for s in samples if q.breached(s.value)]
         if not bad:
             worst = max(samples, key=lambda s: s.value if q.op == ">" else -s.value)
@@ -288,7 +301,7 @@ class Runner:
             Finding(
                 q.title,
                 q.severity,
-                f"{fmt_value(s.value, q.unit)} on {_labels(s.labels)}, beyond {thr}",
+                f"{lead}{fmt_value(s.value, q.unit)} on {_labels(s.labels)}, beyond {thr}",
             )
             for s in sorted(bad, key=lambda s: -s.value)
         ]
@@ -465,6 +478,8 @@ class Runner:
         if isinstance(action, FlushCache) and self.flush_pattern:
             action = FlushCache(self.flush_pattern)
             title = action_title(action)
+        if self.only is not None and name not in self.only:
+            return ActionResult(name, title, "skipped", "not selected (--action)")
         skip = self._not_applicable(action)
         if skip:
             return ActionResult(name, title, "skipped", skip)
@@ -533,7 +548,11 @@ class Runner:
             )
         assert isinstance(action, DisableSentry)
         answers = self._admin("/api/admin/sentry", {"enabled": False})
-        states = ", ".join(f"{n}: enabled {str(a.get('enabled')).lower()}" for n, a in answers)
+        states = ", ".join(
+            f"{n}: enabled {str(a.get('enabled')).lower()}"
+            + ("" if a.get("configured") else " (no SENTRY_DSN)")
+            for n, a in answers
+        )
         return f"Sentry switched off ({states})"
 
     def _admin(self, path: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -616,7 +635,8 @@ class Runner:
         notable = [f for f in result.findings if f.level in ("warning", "critical")]
         out.print(f"[bold]Findings[/] ({len(notable)} of {len(result.findings)} need attention)")
         for f in notable or [Finding("", "ok", "nothing beyond a threshold")]:
-            out.print(f"  [{STYLE[f.level]}]-[/] {escape(f.text)}")
+            step = f"{f.step}: " if f.step else ""
+            out.print(f"  [{STYLE[f.level]}]-[/] {escape(step + f.text)}")
         done = [a for a in result.actions if a.outcome in ("done", "failed")]
         out.print("[bold]Done[/]")
         for a in done or [ActionResult("", "nothing", "skipped", "")]:

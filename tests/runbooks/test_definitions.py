@@ -55,8 +55,14 @@ def test_runbook_thresholds_are_the_ones_the_alert_rules_use(stack):
     assert first["low-cache-hit-rate"].threshold == cfg.alerts.cache_hit_rate_min
     assert first["postgres-connections"].threshold == cfg.alerts.pg_connections_max_ratio
     assert first["redis-memory"].threshold == cfg.alerts.redis_memory_max_ratio
-    for slug in ("high-error-rate", "high-latency", "slow-queries", "low-cache-hit-rate",
-                 "postgres-connections", "redis-memory"):
+    for slug in (
+        "high-error-rate",
+        "high-latency",
+        "slow-queries",
+        "low-cache-hit-rate",
+        "postgres-connections",
+        "redis-memory",
+    ):
         shown = format(first[slug].threshold, ".10g")
         assert exprs[slug].endswith(shown), f"{slug}: alert {exprs[slug]!r} vs runbook {shown}"
 
@@ -67,7 +73,10 @@ def test_committed_markdown_is_current_with_the_definitions():
     assert set(files) == {f"{s}.md" for s in RUNBOOKS.values()} | {"README.md"}
     check = subprocess.run(
         [sys.executable, "-m", "runbooks.render", "--check"],
-        cwd=PROJECT_DIR, capture_output=True, text=True, check=False,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert check.returncode == 0, check.stderr
 
@@ -85,9 +94,17 @@ def test_each_runbook_page_has_every_section_and_the_three_templates():
     files = render_all()
     for slug in RUNBOOKS.values():
         text = files[f"{slug}.md"]
-        for heading in ("## What it means", "## Impact", "## Diagnosis", "## Remediation",
-                        "## Escalation", "## Communication", "### Initial", "### Update",
-                        "### Resolved"):
+        for heading in (
+            "## What it means",
+            "## Impact",
+            "## Diagnosis",
+            "## Remediation",
+            "## Escalation",
+            "## Communication",
+            "### Initial",
+            "### Update",
+            "### Resolved",
+        ):
             assert heading in text, f"{slug}.md lacks {heading}"
         assert "viewPanel=" in text, f"{slug}.md has no dashboard panel link"
     assert (RUNBOOK_DIR / "README.md").read_text().count("](") == len(RUNBOOKS)

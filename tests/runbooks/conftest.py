@@ -1,0 +1,67 @@
+"""One real local stack (Postgres, Redis, app instances behind nginx, Prometheus with 1 s
+scrapes, exporters) under steady load, shared by the runbook drills of this folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout.local.load import LoadGenerator
+from rollout.local.stack import LocalStack
+from rollout.local.target import LocalTarget
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PORTALCTL = [sys.executable, "-c", "from rollout.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def stack_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="portal-runbooks-", dir="/tmp"))
+    root.chmod(0o755)
+    stack = LocalStack(root / "local")
+    try:
+        stack.up(lambda m: None)
+        yield stack.root
+    finally:
+        stack.down(lambda m: None)
+        if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def load(stack_root: Path) -> Iterator[LoadGenerator]:
+    state = LocalStack(stack_root).load()
+    gen = LoadGenerator(state["nginx_url"], rate_per_s=30).start()
+    yield gen
+    gen.stop()
+
+
+@pytest.fixture
+def target(stack_root: Path, load: LoadGenerator) -> Iterator[LocalTarget]:
+    t = LocalTarget(LocalStack(stack_root))
+    yield t
+    t.rollback()  # no canary outlives its test
+
+
+def run_runbook(root: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``portalctl runbook run NAME --dir ROOT ...`` as an operator would type it."""
+    env: dict[str, Any] = {**os.environ, "COLUMNS": "250", "PORTALCTL_USER": "oncall"}
+    env.pop("PORTAL_DATABASE_URL", None)
+    return subprocess.run(
+        [*PORTALCTL, "runbook", "run", name, "--dir", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

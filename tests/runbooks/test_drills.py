@@ -1,0 +1,200 @@
+"""Runbooks against the real local stack with a real fault induced: the findings name the
+cause, the actions change what they say and are recorded in the ledger, and a Prometheus that
+is down is reported in one clear line instead of a crash."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+import redis
+
+from rollout.engine import ReleaseEngine
+from rollout.ledger import Ledger
+from rollout.local.servers import Process, wait_until
+from rollout.local.stack import LocalStack, local_config
+from rollout.prometheus import Prometheus, PrometheusError
+from rollout.target import ReleaseSpec
+
+from .conftest import run_runbook
+
+pytestmark = pytest.mark.slow
+
+
+def canary(target, version, **env):
+    target.deploy_canary(ReleaseSpec(f"r-{version}", version, None, env), 1)
+    target.set_weight(50)
+
+
+def wait_for(prom: Prometheus, promql: str, ok, what: str, timeout: float = 40) -> None:
+    def check() -> bool:
+        try:
+            v = prom.value(promql)
+        except PrometheusError:
+            return False
+        return v is not None and ok(v)
+
+    wait_until(check, timeout, what)
+
+
+def incidents(target) -> list[dict]:
+    return Ledger(target.ledger()).read().get("incidents") or []
+
+
+def test_high_error_rate_names_the_canary_and_its_error_rate_and_rollback_removes_it(target):
+    prom = Prometheus(target.prometheus_url)
+    canary(target, "9.9.9", PORTAL_FAULT_ERROR_RATE="0.5")
+    wait_for(
+        prom,
+        'sum(rate(http_requests_total{track="canary",status=~"5.."}[30s]))'
+        ' / sum(rate(http_requests_total{track="canary"}[30s]))',
+        lambda v: v > 0.2,
+        "the canary's errors in Prometheus",
+    )
+    diag = run_runbook(target.stack.root, "high-error-rate")  # no --yes, no terminal: declined
+    assert diag.returncode == 1, diag.stdout + diag.stderr  # a critical finding
+    line = next(
+        (ln for ln in diag.stdout.splitlines() if "CRIT" in ln and "track=canary" in ln), ""
+    )
+    assert "version=9.9.9" in line and "beyond > 2%" in line, diag.stdout
+    assert "Traceback" not in diag.stderr
+    assert target.state().weight == 50, "an action ran without confirmation"
+    assert "Not done (declined): Roll the canary back" in diag.stdout
+
+    done = run_runbook(target.stack.root, "high-error-rate", "--yes")
+    assert "done Roll the canary back: canary 9.9.9 removed, weight 50% -> 0%" in done.stdout
+    state = target.state()
+    assert (state.weight, state.canary_version, state.canary_replicas) == (0, None, 0)
+    assert [t for _n, t, _u in target.app_instances()] == ["stable", "stable"]
+    assert "done Switch Sentry error reporting off" in done.stdout
+    record = incidents(target)[-1]
+    assert record["runbook"] == "high-error-rate"
+    assert [a["action"] for a in record["actions"]] == ["rollback", "disable_sentry"]
+    assert record["actions"][0]["by"] == "runbook high-error-rate: oncall"
+    assert any("track=canary" in f["text"] for f in record["findings"])
+
+
+def test_sentry_disable_switches_reporting_off_where_it_was_on(target):
+    canary(target, "9.9.8", PORTAL_FAULT_ERROR_RATE="0.5", SENTRY_DSN="http://k@127.0.0.1:9/1")
+    (url,) = [u for _n, track, u in target.app_instances() if track == "canary"]
+    req = urllib.request.Request(
+        f"{url}/api/admin/sentry",
+        data=b'{"enabled": true}',
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {target.admin_token}",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert json.loads(r.read()) == {"configured": True, "enabled": True}
+    res = run_runbook(target.stack.root, "high-error-rate", "--yes", "--action", "disable_sentry")
+    assert "canary-1: enabled false" in res.stdout, res.stdout
+    assert "canary-1: enabled false (no SENTRY_DSN)" not in res.stdout
+    assert "skipped Roll the canary back: not selected (--action)" in res.stdout
+    assert target.state().weight == 50  # only the chosen action ran
+    assert [a["action"] for a in incidents(target)[-1]["actions"]] == ["disable_sentry"]
+
+
+def test_slow_query_on_the_canary_is_named_by_the_slow_queries_runbook(target):
+    prom = Prometheus(target.prometheus_url)
+    canary(target, "9.9.7", PORTAL_FAULT_DB_SLEEP_MS="300")
+    wait_for(
+        prom,
+        "max(histogram_quantile(0.95, sum by (operation, le) "
+        '(rate(db_query_duration_seconds_bucket{track="canary"}[30s]))))',
+        lambda v: v > 0.25,
+        "the canary's slow queries in Prometheus",
+    )
+    res = run_runbook(target.stack.root, "slow-queries")
+    assert res.returncode == 0, res.stdout + res.stderr  # warnings only
+    slow = [
+        ln
+        for ln in res.stdout.splitlines()
+        if "WARN" in ln and "track=canary" in ln and "version=9.9.7" in ln
+    ]
+    assert slow and all("beyond > 250 ms" in ln for ln in slow), res.stdout
+    assert "operation=" in slow[0]
+    assert "Database analysis" in res.stdout  # the analysis ran against the real database
+
+
+def test_redis_down_is_reported_with_the_app_degraded_and_nothing_is_restarted(target):
+    prom = Prometheus(target.prometheus_url)
+    target.stop_redis()
+    try:
+        wait_for(prom, "min(redis_up)", lambda v: v == 0, "redis_up 0 in Prometheus")
+        res = run_runbook(target.stack.root, "redis-down", "--yes")
+    finally:
+        target.start_redis()
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert any(
+        "CRIT Redis answers its exporter: Redis is down: 0 on instance=" in ln for ln in lines
+    ), res.stdout
+    degraded = [
+        ln for ln in lines if "CRIT" in ln and "is degraded" in ln and "the cache check fails" in ln
+    ]
+    assert len(degraded) == 2, res.stdout  # both stable instances serve without Redis
+    assert "Restart Redis" in res.stdout  # left for a person
+    assert incidents(target)[-1]["runbook"] == "redis-down"
+
+
+def test_cache_flush_deletes_the_matching_keys_in_redis(target):
+    client = redis.Redis.from_url(target.redis_url)
+    planted = [f"users:list:9999:{n}" for n in range(5)]
+    for key in planted:
+        client.set(key, b"x", ex=600)
+    client.set("plans:keep-me", b"x", ex=600)
+    res = run_runbook(target.stack.root, "redis-memory", "--yes", "--pattern", "users:list:9999:*")
+    assert "done Flush cache keys matching `users:list:9999:*`: deleted 5 keys" in res.stdout, (
+        res.stdout
+    )
+    assert client.exists(*planted) == 0
+    assert client.exists("plans:keep-me") == 1
+    assert incidents(target)[-1]["actions"][0]["action"] == "flush_cache"
+
+
+def test_release_aborted_starts_from_the_incident_and_records_its_actions_there(target):
+    cfg = local_config(
+        steps=[{"weight": 50, "analysis": "6s"}],
+        interval="1s",
+        settle="1s",
+        minRequests=10,
+        leaseTtl="4s",
+    )
+    outcome = ReleaseEngine(cfg, target).start(
+        ReleaseSpec("", "6.6.6", None, {"PORTAL_FAULT_ERROR_RATE": "0.5"})
+    )
+    assert outcome.status == "ABORTED", outcome.reason
+    # the canary came back (a crashed rollback, a manual deploy): the runbook removes it
+    canary(target, "6.6.6", PORTAL_FAULT_ERROR_RATE="0.5")
+    res = run_runbook(target.stack.root, "release-aborted", "--yes")
+    out = res.stdout
+    assert f"release {outcome.release_id} (6.6.6) ABORTED" in out, out
+    assert "gate metrics, check error_rate (canary 0." in out
+    assert "the gate's query now:" in out
+    assert "Follow the high-error-rate runbook" in out
+    assert "done Roll the canary back: canary 6.6.6 removed" in out
+    actions = Ledger(target.ledger()).find(outcome.release_id)["incident"]["actions"]
+    assert [(a["action"], a["by"]) for a in actions] == [
+        ("rollback", "runbook release-aborted: oncall")
+    ]
+
+
+def test_prometheus_down_is_one_clear_finding_and_the_other_steps_still_run(target):
+    stack = LocalStack(target.stack.root)
+    state = stack.load()
+    Process("prometheus", stack.root / "prometheus", []).stop()
+    try:
+        res = run_runbook(target.stack.root, "high-error-rate")
+    finally:
+        stack.prometheus(state).start()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"Prometheus at {state['prometheus_url']} is unreachable" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert "all 2 instances healthy" in res.stdout  # the probe still ran
+    assert "stable-1 (stable 1.0.0) running" in res.stdout  # and the process read
+    diagnosis = res.stdout.split("Summary")[0].splitlines()
+    assert len([ln for ln in diagnosis if "WARN" in ln and "is unreachable" in ln]) == 1
+    assert len([ln for ln in diagnosis if "skipped: Prometheus at" in ln]) == 1  # 2nd query
