@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from bench.common import BenchError
@@ -60,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(BENCHMARKS[name]).run(args)
         except BenchError as exc:
             print(f"{name:<11} FAILED   {' '.join(str(exc).split())}", flush=True)
+            failed.append(name)
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            print(
+                f"{name:<11} FAILED   {type(exc).__name__}: {' '.join(str(exc).split())}",
+                flush=True,
+            )
             failed.append(name)
         print(f"[{name}] done in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     return 1 if failed else 0

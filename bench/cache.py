@@ -19,6 +19,7 @@ import random
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import load
 from bench.common import (
@@ -76,11 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class Zipf:
-    """User ids 1..n with P(k-th most active) proportional to 1/k^s; the ranking is shuffled."""
+    """User ids 1..n with P(id k) proportional to 1/k^s (the warm-up's Lua script draws the same
+    distribution)."""
 
-    def __init__(self, n: int, s: float, seed: int = 7) -> None:
+    def __init__(self, n: int, s: float) -> None:
         self.ids = list(range(1, n + 1))
-        random.Random(seed).shuffle(self.ids)
         self.cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n + 1)))
 
     def pick(self, rng: random.Random) -> int:
@@ -117,7 +118,7 @@ def _warm(service: Service, users: int, s: float, seconds: float, scratch: Path)
     return int(line.split()[1])
 
 
-def _measure(service: Service, args: argparse.Namespace, zipf: Zipf) -> dict[str, float]:
+def _measure(service: Service, args: argparse.Namespace, zipf: Zipf) -> dict[str, Any]:
     before = scrape(service.url)
     res = load.run(
         service.url, args.cache_rate, args.cache_seconds, _mix(zipf, args.cache_write_share), seed=3
@@ -135,6 +136,8 @@ def _measure(service: Service, args: argparse.Namespace, zipf: Zipf) -> dict[str
         "reads": reads.count,
         "writes": writes.count,
         "failed": res.failed,
+        "statuses": {k: v.statuses for k, v in res.kinds.items()},
+        "client_errors": sum(k.errors for k in res.kinds.values()),
         "p50_ms": res.p(50),
         "p95_ms": res.p(95),
         "p99_ms": res.p(99),

@@ -76,6 +76,7 @@ class Report:
             "params": self.params,
             "figures": self.figures,
             "summary": summary,
+            "load_average_at_end": os.getloadavg(),
             "data": self.data,
         }
         tmp = path.with_suffix(".tmp")

@@ -9,6 +9,7 @@ the following runs. Stacks are alternated run by run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections import Counter
 from typing import Any
@@ -27,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Report:
     from components.render import run_stack
 
+    # The Pulumi runtime wants a current event loop; an earlier benchmark's asyncio.run() in
+    # this process leaves none.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     stacks = [s.strip() for s in args.pulumi_stacks.split(",") if s.strip()]
     report = Report(NAME, params={"runs": args.pulumi_runs, "stacks": stacks})
     first: dict[str, float] = {}
