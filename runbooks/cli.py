@@ -101,6 +101,8 @@ def _open(
         fail(f"invalid stack config: {exc}")
     except (TargetError, ServerError, OSError) as exc:
         fail(str(exc))
+    except Exception as exc:  # a kubeconfig or API client error: one line, not a traceback
+        fail(f"cannot reach the {stack} cluster: {type(exc).__name__}: {exc}")
 
 
 def _confirm(question: str) -> bool:

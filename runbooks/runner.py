@@ -175,6 +175,11 @@ class Runner:
         if attach is None:
             result.recorded_in = self._record_run(result)
         result.left += list(rb.human)
+        if self.local and rb.slug in ("redis-down", "instances-not-ready"):
+            root = getattr(getattr(self.target, "stack", None), "root", ".portal/local")
+            result.left.append(
+                f"On the local stack, `portalctl local up --dir {root}` restarts what is down."
+            )
         result.left += [f"Escalate: {e}" for e in rb.escalation[:1]]
         result.links = self._links(rb)
         self._summary(result)

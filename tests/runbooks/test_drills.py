@@ -198,3 +198,66 @@ def test_prometheus_down_is_one_clear_finding_and_the_other_steps_still_run(targ
     diagnosis = res.stdout.split("Summary")[0].splitlines()
     assert len([ln for ln in diagnosis if "WARN" in ln and "is unreachable" in ln]) == 1
     assert len([ln for ln in diagnosis if "skipped: Prometheus at" in ln]) == 1  # 2nd query
+
+
+class ClusterWithoutReads:
+    """The local stack presented as a cluster target that offers only the ``Target`` protocol
+    (no pods()/events()/job_status(), no app instance list): what a runbook sees on a cluster
+    target lacking the extra reads."""
+
+    name = "kubernetes:portal-local"
+
+    def __init__(self, local):
+        self._local = local
+
+    def __getattr__(self, attr):
+        if attr in ("prometheus_url", "ledger", "state", "probe_canary", "rollback"):
+            return getattr(self._local, attr)
+        raise AttributeError(attr)
+
+
+def test_a_cluster_target_without_kubernetes_reads_reports_them_as_not_available(target):
+    from rich.console import Console
+
+    from runbooks.definitions import by_slug
+    from runbooks.runner import Runner
+
+    out = Console(record=True, width=200)
+    cluster = ClusterWithoutReads(target)
+    result = Runner(local_config(), cluster, console=out, window="30s").run(
+        by_slug(local_config())["migration-failed"]
+    )
+    texts = [f.text for f in result.findings]
+    assert "not available: the kubernetes:portal-local target has no job_status() read" in texts
+    assert "not available: the kubernetes:portal-local target has no events() read" in texts
+    assert any(t.startswith("not available: set PORTAL_DATABASE_URL") for t in texts)
+    assert any("no data over the last 30s" in t for t in texts)  # no kube-state-metrics here
+    assert result.exit_code == 0
+    assert "Traceback" not in out.export_text()
+
+
+def test_a_stack_whose_cluster_cannot_be_reached_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rollout.cli import main; main()",
+            "runbook",
+            "run",
+            "redis-down",
+            "--stack",
+            "staging",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(tmp_path / "no-kubeconfig")},
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("portalctl runbook: ")
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
