@@ -547,10 +547,17 @@ class Runner:
         if isinstance(action, FlushCache):
             answers = self._admin("/api/admin/cache/flush", {"pattern": action.pattern})
             deleted = sum(int(a.get("deleted") or 0) for _n, a in answers)
-            return (
+            detail = (
                 f"deleted {deleted} keys matching {action.pattern!r} "
                 f"(Redis and the memory of {len(answers)} instances)"
             )
+            no_redis = [n for n, a in answers if a.get("backend") != "redis"]
+            if no_redis:
+                detail += (
+                    f"; {', '.join(no_redis)} had no Redis connection (in-memory fallback), so "
+                    "Redis keys may be left: run it again once their cache check is healthy"
+                )
+            return detail
         assert isinstance(action, DisableSentry)
         answers = self._admin("/api/admin/sentry", {"enabled": False})
         states = ", ".join(

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 import redis
 
+from rollout import health
 from rollout.engine import ReleaseEngine
 from rollout.ledger import Ledger
 from rollout.local.servers import Process, wait_until
@@ -36,6 +37,10 @@ def wait_for(prom: Prometheus, promql: str, ok, what: str, timeout: float = 40) 
         return v is not None and ok(v)
 
     wait_until(check, timeout, what)
+
+
+def all_healthy(target) -> bool:
+    return all(health.probe(n, u).ok for n, _t, u in target.app_instances())
 
 
 def incidents(target) -> list[dict]:
@@ -127,6 +132,7 @@ def test_redis_down_is_reported_with_the_app_degraded_and_nothing_is_restarted(t
         res = run_runbook(target.stack.root, "redis-down", "--yes")
     finally:
         target.start_redis()
+        wait_until(lambda: all_healthy(target), 30, "every instance back on Redis")
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert any(
@@ -141,6 +147,7 @@ def test_redis_down_is_reported_with_the_app_degraded_and_nothing_is_restarted(t
 
 
 def test_cache_flush_deletes_the_matching_keys_in_redis(target):
+    wait_until(lambda: all_healthy(target), 30, "every instance on Redis")
     client = redis.Redis.from_url(target.redis_url)
     planted = [f"users:list:9999:{n}" for n in range(5)]
     for key in planted:
@@ -150,6 +157,7 @@ def test_cache_flush_deletes_the_matching_keys_in_redis(target):
     assert "done Flush cache keys matching `users:list:9999:*`: deleted 5 keys" in res.stdout, (
         res.stdout
     )
+    assert "in-memory fallback" not in res.stdout
     assert client.exists(*planted) == 0
     assert client.exists("plans:keep-me") == 1
     assert incidents(target)[-1]["actions"][0]["action"] == "flush_cache"
@@ -261,3 +269,39 @@ def test_a_stack_whose_cluster_cannot_be_reached_is_one_line_and_exit_2(tmp_path
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.startswith("portalctl runbook: ")
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_rollback_during_a_release_goes_through_the_engine_and_lands_in_its_incident(target):
+    import threading
+
+    cfg = local_config(
+        steps=[{"weight": 50, "analysis": "60s"}],
+        interval="1s",
+        settle="1s",
+        minRequests=10,
+        leaseTtl="4s",
+    )
+    outcomes = []
+    runner = threading.Thread(
+        target=lambda: outcomes.append(ReleaseEngine(cfg, target).start(ReleaseSpec("", "7.7.7"))),
+        daemon=True,
+    )
+    runner.start()
+    ledger = Ledger(target.ledger())
+
+    def at_50() -> bool:
+        latest = ledger.latest()
+        return bool(latest and latest["version"] == "7.7.7" and latest["weight"] == 50)
+
+    wait_until(at_50, 60, "the release at 50%")
+    res = run_runbook(target.stack.root, "high-error-rate", "--yes", "--action", "rollback")
+    runner.join(30)
+    assert outcomes and outcomes[0].status == "ABORTED", res.stdout
+    assert "aborted by oncall" in outcomes[0].reason
+    release_id = outcomes[0].release_id
+    assert f"abort of release {release_id} recorded" in res.stdout, res.stdout
+    assert target.state().canary_version is None
+    actions = ledger.find(release_id)["incident"]["actions"]
+    assert [(a["action"], a["by"]) for a in actions] == [
+        ("rollback", "runbook high-error-rate: oncall")
+    ]
