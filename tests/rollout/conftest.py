@@ -22,7 +22,7 @@ FAST: dict[str, Any] = {
     "settle": "1s",
     "minRequests": 10,
     "leaseTtl": "4s",
-    "onInsufficientData": {"limit": "4s", "then": "fail"},
+    "onInsufficientData": {"limit": "10s", "then": "fail"},
     "onProviderError": {"limit": "4s", "then": "abort"},
 }
 
