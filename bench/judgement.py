@@ -172,12 +172,8 @@ def record(args: argparse.Namespace) -> Path:
                 time.sleep(5)  # the stable instances' series exist before the first canary
                 for n, (name, (env, desc, good)) in enumerate(SCENARIOS.items()):
                     version = f"2.0.{n}"
-                    progress(
-                        NAME,
-                        f"recording {name} ({desc}): canary {version}, , ".join(
-                            f"{w}% {d:g}s" for w, d in zip(WEIGHTS, phase_s, strict=True)
-                        ),
-                    )
+                    steps = ", ".join(f"{w}% {d:g}s" for w, d in zip(WEIGHTS, phase_s, strict=True))
+                    progress(NAME, f"recording {name} ({desc}): canary {version}, {steps}")
                     target.deploy_canary(ReleaseSpec(f"bench-{name}", version, None, env), 1)
                     time.sleep(2)  # discovered and scraped once before it takes traffic
                     phases = []
