@@ -352,8 +352,31 @@ class LocalStack:
         if not prom.running():
             progress(f"starting Prometheus on port {prom.port} (1 s scrapes)")
             prom.start()
+        self.wait_for_scrapes(state, progress)
         progress(f"local stack up: {state['nginx_url']} (Prometheus {state['prometheus_url']})")
         return state
+
+    def wait_for_scrapes(
+        self, state: dict[str, Any], progress: Progress, timeout: float = 60.0
+    ) -> None:
+        """Until Prometheus has scraped every target once (its discovery starts a few seconds
+        after it is ready), so the first release has data from its first check."""
+        from rollout.prometheus import Prometheus, PrometheusError
+
+        prom = Prometheus(state["prometheus_url"])
+        expected = 4 + len(
+            [d for d in state["instances"] if d.get("pid")]
+        )  # + itself, exporters, pushgateway
+
+        def all_up() -> bool:
+            try:
+                return (prom.value("count(up == 1)") or 0) >= expected
+            except PrometheusError:
+                return False
+
+        if not all_up():
+            progress(f"waiting for Prometheus to scrape all {expected} targets")
+            wait_until(all_up, timeout, "Prometheus scraping every target")
 
     def _migrate_and_seed(self, state: dict[str, Any], progress: Progress) -> None:
         env = {**os.environ, "PORTAL_DATABASE_URL": state["database_url"]}

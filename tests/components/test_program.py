@@ -1,0 +1,268 @@
+"""What `pulumi up -s staging|prod` creates, and how it is wired (program under mocks)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+
+
+def pod_spec(manifest):
+    kind = manifest["kind"]
+    if kind in ("Deployment", "StatefulSet", "Job"):
+        return manifest["spec"]["template"]["spec"]
+    return None
+
+
+def pod_labels(manifest):
+    return manifest["spec"]["template"]["metadata"].get("labels", {})
+
+
+def test_every_object_carries_the_standard_labels_and_lives_in_the_stack_namespace(run):
+    for c in run.kubernetes():
+        m = c.manifest()
+        labels = m["metadata"].get("labels", {})
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        assert not missing, f"{c.kind} {c.object_name} lacks {missing}"
+        if c.kind != "Namespace":
+            assert m["metadata"]["namespace"] == f"portal-{run.stack}", c.object_name
+
+
+def test_postgres_is_a_statefulset_with_storage_exporter_probes_and_a_generated_password(run):
+    sts = run.get("StatefulSet", "postgres").manifest()
+    claim = sts["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    assert len(containers) == 2 and any("exporter" in n for n in containers)
+    for c in containers.values():
+        assert c.get("readinessProbe") and c.get("livenessProbe") and c.get("resources")
+    secret = run.get("Secret", "postgres-auth")
+    assert "/stringData" in secret.secret_paths
+    assert "postgres-password" in secret.dependencies[-1] or any(
+        "postgres-password" in d for d in secret.dependencies
+    )
+
+
+def test_only_the_app_the_migration_job_and_the_exporter_reach_postgres(run):
+    policy = run.get("NetworkPolicy", "postgres").manifest()
+    allowed = [
+        peer.get("podSelector", {}).get("matchLabels", {})
+        for rule in policy["spec"]["ingress"]
+        for peer in rule.get("from", [])
+    ]
+    components = sorted(m.get("app.kubernetes.io/component", "") for m in allowed)
+    assert components and all(components), allowed
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    app = run.get("Deployment", "portal-stable").manifest()
+    job = run.find("Job")[0].manifest()
+    for pod in (pod_labels(app), pod_labels(job)):
+        assert any(all(pod.get(k) == v for k, v in sel.items()) for sel in allowed), pod
+
+
+def test_the_migration_job_runs_after_postgres_and_before_the_app(run, configs):
+    cfg = configs[run.stack]
+    job = run.get("Job", cfg.names.migration_job(cfg.app.version))
+    assert any("postgres-statefulset" in d for d in job.dependencies)
+    for name in ("portal-stable", "portal-canary"):
+        assert any("migration-job" in d for d in run.get("Deployment", name).dependencies)
+    spec = job.manifest()["spec"]
+    assert spec["backoffLimit"] == cfg.migrations.backoff_limit
+    assert spec["activeDeadlineSeconds"] == cfg.migrations.active_deadline_seconds
+    assert spec["ttlSecondsAfterFinished"] > 0
+    args = json.dumps(spec["template"]["spec"])
+    assert "migrate" in args and cfg.app.stable_image in args
+
+
+def test_a_new_version_gets_a_new_migration_job(configs):
+    cfg = configs["staging"]
+    assert cfg.names.migration_job("1.0.0") != cfg.names.migration_job("1.1.0")
+
+
+def test_the_backup_runs_only_where_configured(runs):
+    prod_job = json.dumps(runs["prod"].find("Job")[0].manifest())
+    staging_job = json.dumps(runs["staging"].find("Job")[0].manifest())
+    assert "acme-portal-backups" in prod_job and "pg_dump" in prod_job
+    assert "pg_dump" not in staging_job
+
+
+def test_the_canary_ingress_splits_traffic_and_the_engine_owns_its_weight(run):
+    ingress = run.get("Ingress", "portal-canary")
+    annotations = ingress.manifest()["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/canary"] == "true"
+    assert annotations["nginx.ingress.kubernetes.io/canary-weight"] == "0"
+    assert any("canary-weight" in path for path in ingress.ignore_changes)
+
+
+def test_pulumi_never_fights_a_release_over_canary_image_replicas_or_stable_replicas(run):
+    canary = run.get("Deployment", "portal-canary").ignore_changes
+    assert "spec.replicas" in canary
+    assert any("image" in p for p in canary)
+    assert "spec.replicas" in run.get("Deployment", "portal-stable").ignore_changes
+
+
+def test_app_probes_security_context_and_track_labels(run):
+    for name, track in (("portal-stable", "stable"), ("portal-canary", "canary")):
+        m = run.get("Deployment", name).manifest()
+        assert pod_labels(m)["portal.dev/track"] == track
+        spec = pod_spec(m)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        c = spec["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/api/health"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/api/health/advanced"
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["PORTAL_TRACK"]["value"] == track
+        assert "fieldRef" in env["PORTAL_VERSION"]["valueFrom"]
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env
+    assert run.get("HorizontalPodAutoscaler", "portal-stable")
+    assert run.get("PodDisruptionBudget", "portal-stable")
+
+
+def test_every_service_selects_pods_and_targets_a_port_they_expose(run):
+    workloads = [c.manifest() for c in run.kubernetes() if c.kind in ("Deployment", "StatefulSet")]
+    for svc in run.find("Service"):
+        m = svc.manifest()
+        selector = m["spec"]["selector"]
+        matches = [
+            w for w in workloads if all(pod_labels(w).get(k) == v for k, v in selector.items())
+        ]
+        assert matches, f"Service {svc.object_name} selects no pods"
+        ports = {
+            p.get("name")
+            for w in matches
+            for c in pod_spec(w)["containers"]
+            for p in c.get("ports", [])
+        } | {
+            p["containerPort"]
+            for w in matches
+            for c in pod_spec(w)["containers"]
+            for p in c.get("ports", [])
+        }
+        for port in m["spec"]["ports"]:
+            assert port.get("targetPort", port["port"]) in ports, (svc.object_name, port)
+
+
+def test_every_secret_reference_points_at_a_secret_key_that_exists(run):
+    secrets = {}
+    for c in run.find("Secret"):
+        m = c.manifest()
+        secrets[c.object_name] = set(m.get("stringData", {})) | set(m.get("data", {}))
+    external = {"portal-backup-s3"}  # created by the operator (config: credentialsSecret)
+    for c in run.kubernetes():
+        m = c.manifest()
+        spec = pod_spec(m)
+        if spec is None:
+            continue
+        for container in spec.get("containers", []) + spec.get("initContainers", []):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] not in external:
+                    assert ref["key"] in secrets.get(ref["name"], set()), (c.object_name, ref)
+            for src in container.get("envFrom", []):
+                ref = src.get("secretRef")
+                if ref:
+                    assert ref["name"] in secrets, (c.object_name, ref)
+
+
+def test_no_generated_password_appears_outside_secret_inputs(run):
+    assert run.passwords
+    for c in run.resources:
+        text = json.dumps(c.inputs)
+        for password in run.passwords.values():
+            if password in text:
+                assert c.secret_paths, f"{c.type} {c.name} carries a password in plain text"
+    for key, value in run.outputs.items():
+        if any(p in json.dumps(value) for p in run.passwords.values()):
+            assert key in run.secret_outputs, key
+
+
+def test_observability_stack_and_dashboards_are_deployed(run):
+    for kind, name in (
+        ("StatefulSet", "prometheus"),
+        ("Deployment", "grafana"),
+        ("Deployment", "jaeger"),
+        ("Deployment", "pushgateway"),
+        ("Deployment", "kube-state-metrics"),
+    ):
+        assert run.get(kind, name)
+    dashboards = run.get("ConfigMap", "grafana-dashboards").manifest()["data"]
+    assert len(dashboards) == 2
+    provisioning = json.dumps(run.get("ConfigMap", "grafana-provisioning").manifest())
+    assert "prometheus" in provisioning.lower() and "jaeger" in provisioning.lower()
+    assert "alerts.yml" in run.get("ConfigMap", "prometheus-config").manifest()["data"]
+
+
+def test_outputs_name_what_the_release_engine_needs(run):
+    for key in (
+        "namespace",
+        "url",
+        "stableDeployment",
+        "canaryDeployment",
+        "canaryIngress",
+        "migrationJob",
+        "appImage",
+        "prometheusService",
+        "images",
+    ):
+        assert key in run.outputs
+    assert "grafanaAdminPassword" in run.secret_outputs
+
+
+@pytest.mark.parametrize(
+    ("what", "read"),
+    [
+        (
+            "stable replicas",
+            lambda r: r.get("Deployment", "portal-stable").manifest()["spec"]["replicas"],
+        ),
+        (
+            "app memory limit",
+            lambda r: r.get("Deployment", "portal-stable").manifest()["spec"]["template"]["spec"][
+                "containers"
+            ][0]["resources"]["limits"]["memory"],
+        ),
+        (
+            "postgres storage",
+            lambda r: r.get("StatefulSet", "postgres").manifest()["spec"]["volumeClaimTemplates"][
+                0
+            ]["spec"]["resources"]["requests"]["storage"],
+        ),
+        (
+            "prometheus retention",
+            lambda r: [
+                a
+                for a in r.get("StatefulSet", "prometheus").manifest()["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["args"]
+                if "retention" in a
+            ],
+        ),
+        (
+            "alert rules",
+            lambda r: r.get("ConfigMap", "prometheus-config").manifest()["data"]["alerts.yml"],
+        ),
+    ],
+)
+def test_staging_and_prod_differ_where_they_should(runs, what, read):
+    assert read(runs["staging"]) != read(runs["prod"]), what
+
+
+def test_prod_is_bigger_than_staging(runs, configs):
+    s, p = configs["staging"], configs["prod"]
+    assert p.app.replicas > s.app.replicas
+    assert len(p.canary.steps) > len(s.canary.steps)
+    assert any(step.pause for step in p.canary.steps)
+    assert p.slo.max_error_rate < s.slo.max_error_rate
+    assert len(runs["prod"].resources) >= len(runs["staging"].resources)
