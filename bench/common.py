@@ -263,6 +263,14 @@ def start_bare(root: Path, name: str = "bare", timeout: float = 60) -> Service:
     return service
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3 of the man page, utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def scrape(url: str) -> dict[str, float]:
     """``/metrics`` summed per metric name (all label sets together)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:

@@ -20,6 +20,7 @@ from bench.common import (
     Service,
     WrkResult,
     app_env,
+    cpu_seconds,
     median,
     postgres,
     progress,
@@ -40,8 +41,8 @@ P95_TARGET_MS = 50.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("service")
     g.add_argument("--service-users", type=int, default=1000, help="users seeded and cycled")
-    g.add_argument("--service-reps", type=int, default=3, help="rotations of on/off/bare")
-    g.add_argument("--service-seconds", type=float, default=5.0, help="length of one wrk run")
+    g.add_argument("--service-reps", type=int, default=5, help="rotations of on/off/bare")
+    g.add_argument("--service-seconds", type=float, default=4.0, help="length of one wrk run")
     g.add_argument("--service-connections", type=int, default=32, help="wrk connections")
     g.add_argument("--service-rate", type=float, default=300.0, help="fixed rate (req/s)")
     g.add_argument(
@@ -84,21 +85,25 @@ def run(args: argparse.Namespace) -> Report:
             for s in servers.values():
                 wrk(s.url, DASHBOARD, users=users, connections=conns, seconds=1, scratch=root)
             runs: dict[str, list[WrkResult]] = {k: [] for k in servers}
+            cpu: dict[str, list[float]] = {k: [] for k in servers}
             order = list(servers)
             for rep in range(reps):
                 rotated = order[rep % 3 :] + order[: rep % 3]
                 for key in rotated:
                     progress(NAME, f"rep {rep + 1}/{reps}: wrk {seconds:g}s against {key}")
-                    runs[key].append(
-                        wrk(
-                            servers[key].url,
-                            DASHBOARD,
-                            users=users,
-                            connections=conns,
-                            seconds=seconds,
-                            scratch=root,
-                        )
+                    pid = servers[key].process.pid
+                    assert pid is not None
+                    cpu_before = cpu_seconds(pid)
+                    result = wrk(
+                        servers[key].url,
+                        DASHBOARD,
+                        users=users,
+                        connections=conns,
+                        seconds=seconds,
+                        scratch=root,
                     )
+                    runs[key].append(result)
+                    cpu[key].append((cpu_seconds(pid) - cpu_before) / max(1, result.requests))
             med: dict[str, dict[str, float]] = {
                 k: {
                     f: median([getattr(r, f) for r in rs])
@@ -121,6 +126,15 @@ def run(args: argparse.Namespace) -> Report:
                 )
                 for q in ("p50", "p95", "p99"):
                     report.figure(f"{q}_{k}", m[f"{q}_ms"], "ms", labels[k])
+            cpu_us = {k: median(v) * 1e6 for k, v in cpu.items()}
+            report.data["cpu_us_per_request"] = {k: [x * 1e6 for x in v] for k, v in cpu.items()}
+            for k in ("on", "off", "bare"):
+                report.figure(
+                    f"cpu_us_per_request_{k}",
+                    cpu_us[k],
+                    "us",
+                    f"{labels[k]}: server CPU time per request, median",
+                )
             ratio_on_off = med["on"]["rps"] / med["off"]["rps"]
             ratio_on_bare = med["on"]["rps"] / med["bare"]["rps"]
             cost = 1 - ratio_on_off
@@ -135,6 +149,14 @@ def run(args: argparse.Namespace) -> Report:
                 ratio_on_bare,
                 "x",
                 "the service's share of the framework's ceiling",
+            )
+            cpu_ratio = cpu_us["on"] / cpu_us["off"]
+            report.figure(
+                "ratio_cpu_per_request_on_vs_off",
+                cpu_ratio,
+                "x",
+                f"instrumentation CPU cost {cpu_ratio - 1:.1%} per request "
+                "(steadier than req/s on a shared machine)",
             )
             report.figure("ratio_p99_on_vs_off", med["on"]["p99_ms"] / med["off"]["p99_ms"], "x")
 
@@ -168,7 +190,8 @@ def run(args: argparse.Namespace) -> Report:
     ok_p95 = p95 < P95_TARGET_MS and fixed.failed == 0
     summary = (
         f"instrumented {med['on']['rps']:.0f} req/s = {ratio_on_off:.3f}x uninstrumented "
-        f"(cost {cost:.1%}, target <= 5%: {'MET' if ok_cost else 'MISSED'}), "
+        f"(cost {cost:.1%}, target <= 5%: {'MET' if ok_cost else 'MISSED'}; CPU per request "
+        f"{cpu_ratio:.3f}x), "
         f"{ratio_on_bare:.3f}x bare; p95 at {args.service_rate:g} req/s {p95:.1f} ms "
         f"(target < 50 ms: {'MET' if ok_p95 else 'MISSED'})"
     )
