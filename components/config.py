@@ -997,6 +997,17 @@ def parse_config(values: Mapping[str, Any], stack: str) -> StackConfig:
             namespace,
             "expected a Kubernetes namespace name (DNS label, max 63 chars)",
         )
+    dsn = decoded.get("sentryDsn")
+    if (
+        dsn is not None
+        and not isinstance(dsn, str)
+        and not (isinstance(dsn, Mapping) and set(dsn) == {"secure"})
+    ):
+        raise ConfigError(
+            f"{NAMESPACE}:sentryDsn",
+            dsn,
+            "expected a secret string (pulumi config set --secret portal:sentryDsn https://...)",
+        )
     return StackConfig(
         stack=stack,
         environment=environment,

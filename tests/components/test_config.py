@@ -1,0 +1,128 @@
+"""Every config key refuses a bad value with one message naming the key, the value and what is
+allowed; nothing is created from a bad config."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from components.config import ConfigError, parse_config, read_stack_values
+from components.mockrun import run_program
+from tests.conftest import REPO
+
+BASE = read_stack_values(REPO / "Pulumi.prod.yaml")
+GARBAGE = ["not", "this"]
+
+
+def known_keys(values, path):
+    """The keys the model accepts at ``path`` (learned from its own unknown-key message)."""
+    probe = copy.deepcopy(values)
+    node = probe
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    if path:
+        node = node.setdefault(path[-1], {})
+        if not isinstance(node, dict):
+            return []
+    node["zzz_unknown"] = 1
+    with pytest.raises(ConfigError) as info:
+        parse_config(probe, "prod")
+    message = str(info.value)
+    assert "unknown key" in message, message
+    return [k.strip() for k in message.split("known keys: ", 1)[1].split(",")]
+
+
+def all_key_paths():
+    paths = []
+    for top in known_keys(BASE, ()):
+        paths.append((top,))
+        if top in (
+            "app",
+            "traffic",
+            "postgres",
+            "redis",
+            "migrations",
+            "observability",
+            "slo",
+            "canary",
+            "alerts",
+        ):
+            for key in known_keys(BASE, (top,)):
+                paths.append((top, key))
+    return paths
+
+
+PATHS = all_key_paths()
+
+
+def test_the_model_has_the_keys_the_docs_list():
+    tops = {p[0] for p in PATHS}
+    documented = set(yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"])
+    assert {f"portal:{t}" for t in tops} == documented
+    assert len(PATHS) > 60
+
+
+@pytest.mark.parametrize("path", PATHS, ids=".".join)
+def test_a_bad_value_for_every_key_is_refused_naming_the_key_value_and_what_is_allowed(path):
+    values = copy.deepcopy(BASE)
+    node = values
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = GARBAGE
+    with pytest.raises(ConfigError) as info:
+        parse_config(values, "prod")
+    err = info.value
+    key = "portal:" + ".".join(path)
+    assert err.key.startswith(key), (err.key, key)
+    message = str(err)
+    assert message.startswith(err.key + ": ")
+    assert '"not"' in message or "'not'" in message, message
+    assert err.allowed and len(err.allowed) > 8, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "allowed"),
+    [
+        (
+            lambda v: v["canary"].update(
+                steps=[{"weight": 50, "analysis": "1m"}, {"weight": 20, "analysis": "1m"}]
+            ),
+            "portal:canary.steps[1].weight",
+            "must increase",
+        ),
+        (
+            lambda v: v["canary"].update(steps=[{"weight": 120, "analysis": "1m"}]),
+            "portal:canary.steps[0].weight",
+            "percentage",
+        ),
+        (lambda v: v["app"].update(replicas=0), "portal:app.replicas", "whole number"),
+        (lambda v: v["app"].update(replicass=3), "portal:app.replicass", "did you mean"),
+        (lambda v: v["slo"].update(maxErrorRate=2), "portal:slo.maxErrorRate", ""),
+        (
+            lambda v: v["observability"].update(grafanaImage="grafana/grafana:latest"),
+            "portal:observability.grafanaImage",
+            "tag",
+        ),
+        (lambda v: v["canary"].update(interval="10x"), "portal:canary.interval", "duration"),
+    ],
+)
+def test_typical_mistakes_get_a_message_that_helps(edit, key, allowed):
+    values = copy.deepcopy(BASE)
+    edit(values)
+    with pytest.raises(ConfigError) as info:
+        parse_config(values, "prod")
+    assert info.value.key == key
+    assert allowed in str(info.value)
+
+
+def test_a_bad_config_stops_the_program_before_any_resource_is_registered():
+    values = {k: v for k, v in copy.deepcopy(BASE).items() if k != "sentryDsn"}
+    values["canary"]["steps"] = [{"weight": 101, "analysis": "1m"}]
+    with pytest.raises(Exception, match=re.escape("portal:canary.steps[0].weight")) as info:
+        run_program("prod", values, {})
+    run = getattr(info.value, "run", None)
+    assert run is None or not run.resources
