@@ -27,6 +27,9 @@ from bench.common import (
     Report,
     Service,
     app_env,
+    fraction,
+    positive_float,
+    positive_int,
     postgres,
     progress,
     redis,
@@ -63,14 +66,14 @@ end
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cache")
-    g.add_argument("--cache-users", type=int, default=10_000, help="users seeded")
-    g.add_argument("--cache-zipf-s", type=float, default=1.0, help="Zipf exponent")
-    g.add_argument("--cache-write-share", type=float, default=0.05, help="share of updates")
-    g.add_argument("--cache-rate", type=float, default=300.0, help="offered rate (req/s)")
-    g.add_argument("--cache-seconds", type=float, default=30.0, help="measured run length")
+    g.add_argument("--cache-users", type=positive_int, default=10_000, help="users seeded")
+    g.add_argument("--cache-zipf-s", type=positive_float, default=1.0, help="Zipf exponent")
+    g.add_argument("--cache-write-share", type=fraction, default=0.05, help="share of updates")
+    g.add_argument("--cache-rate", type=positive_float, default=300.0, help="offered rate (req/s)")
+    g.add_argument("--cache-seconds", type=positive_float, default=30.0, help="measured run length")
     g.add_argument(
         "--cache-warm-seconds",
-        type=float,
+        type=positive_float,
         default=45.0,
         help="wrk warm-up with the read mix before measuring (cache on)",
     )

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchError, Report, progress, server_root
+from bench.common import BenchError, Report, positive_float, positive_int, progress, server_root
 
 NAME = "judgement"
 DATA = Path(__file__).resolve().parent / "data" / "judgement-recording.json"
@@ -81,13 +81,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--judgement-rate",
-        type=float,
+        type=positive_float,
         default=40.0,
         help="recording: load in requests/s (the drill's default)",
     )
-    g.add_argument("--judgement-good", type=int, default=20, help="good releases replayed (seeds)")
     g.add_argument(
-        "--judgement-fault-seeds", type=int, default=10, help="replays of each fault (seeds)"
+        "--judgement-good", type=positive_int, default=20, help="good releases replayed (seeds)"
+    )
+    g.add_argument(
+        "--judgement-fault-seeds",
+        type=positive_int,
+        default=10,
+        help="replays of each fault (seeds)",
     )
 
 

@@ -27,7 +27,15 @@ from typing import Any
 import psycopg
 
 from app.migrate import Runner, load_migrations
-from bench.common import Report, percentile, postgres, progress, server_root
+from bench.common import (
+    Report,
+    percentile,
+    positive_float,
+    positive_int,
+    postgres,
+    progress,
+    server_root,
+)
 
 NAME = "migrations"
 USERS = 100_000
@@ -38,21 +46,29 @@ SLOW_MS = 100.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("migrations")
     g.add_argument(
-        "--migrations-rows", type=int, default=1_000_000, help="activity_log rows (the big table)"
+        "--migrations-rows",
+        type=positive_int,
+        default=1_000_000,
+        help="activity_log rows (the big table)",
     )
-    g.add_argument("--migrations-rate", type=float, default=200.0, help="writes per second")
     g.add_argument(
-        "--migrations-workers", type=int, default=16, help="writer threads (one connection each)"
+        "--migrations-rate", type=positive_float, default=200.0, help="writes per second"
+    )
+    g.add_argument(
+        "--migrations-workers",
+        type=positive_int,
+        default=16,
+        help="writer threads (one connection each)",
     )
     g.add_argument(
         "--migrations-deadline-ms",
-        type=int,
+        type=positive_int,
         default=1000,
         help="a write slower than this has failed (statement_timeout too)",
     )
     g.add_argument(
         "--migrations-baseline-seconds",
-        type=float,
+        type=positive_float,
         default=3.0,
         help="write load before the build starts (and after it ends)",
     )

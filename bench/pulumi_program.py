@@ -14,14 +14,16 @@ import time
 from collections import Counter
 from typing import Any
 
-from bench.common import Report, median, progress
+from bench.common import Report, median, positive_int, progress
 
 NAME = "pulumi"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pulumi")
-    g.add_argument("--pulumi-runs", type=int, default=7, help="runs per stack (after the first)")
+    g.add_argument(
+        "--pulumi-runs", type=positive_int, default=7, help="runs per stack (after the first)"
+    )
     g.add_argument("--pulumi-stacks", default="staging,prod", help="comma-separated stacks")
 
 

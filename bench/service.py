@@ -22,6 +22,8 @@ from bench.common import (
     app_env,
     cpu_seconds,
     median,
+    positive_float,
+    positive_int,
     postgres,
     progress,
     redis,
@@ -40,13 +42,20 @@ P95_TARGET_MS = 50.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("service")
-    g.add_argument("--service-users", type=int, default=1000, help="users seeded and cycled")
-    g.add_argument("--service-reps", type=int, default=5, help="rotations of on/off/bare")
-    g.add_argument("--service-seconds", type=float, default=4.0, help="length of one wrk run")
-    g.add_argument("--service-connections", type=int, default=32, help="wrk connections")
-    g.add_argument("--service-rate", type=float, default=300.0, help="fixed rate (req/s)")
     g.add_argument(
-        "--service-rate-seconds", type=float, default=20.0, help="length of the fixed-rate run"
+        "--service-users", type=positive_int, default=1000, help="users seeded and cycled"
+    )
+    g.add_argument("--service-reps", type=positive_int, default=5, help="rotations of on/off/bare")
+    g.add_argument(
+        "--service-seconds", type=positive_float, default=4.0, help="length of one wrk run"
+    )
+    g.add_argument("--service-connections", type=positive_int, default=32, help="wrk connections")
+    g.add_argument("--service-rate", type=positive_float, default=300.0, help="fixed rate (req/s)")
+    g.add_argument(
+        "--service-rate-seconds",
+        type=positive_float,
+        default=20.0,
+        help="length of the fixed-rate run",
     )
 
 
