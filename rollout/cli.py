@@ -89,12 +89,14 @@ def _engine(
 ) -> ReleaseEngine:
     stackfile = None if local or not stack else stack_file(stack, project_dir)
     push = getattr(target, "pushgateway_url", None)
+    prometheus = getattr(target, "prometheus", None)  # a cluster's carries the credentials
     return ReleaseEngine(
         cfg,
         target,
         events=show,
         stackfile=stackfile,
         pushgateway_url=push if isinstance(push, str) else None,
+        prometheus=prometheus() if callable(prometheus) else None,
     )
 
 

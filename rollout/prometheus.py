@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,14 +46,27 @@ def _number(raw: Any) -> float:
 class Prometheus:
     """Client of ``<base_url>/api/v1``."""
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 5.0,
+        headers: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
+        """Sent with every request (a bearer token when reached through the API server)."""
+        self.ssl_context = ssl_context
+
+    def _open(self, url: str) -> Any:
+        req = urllib.request.Request(url, headers=self.headers)
+        return urllib.request.urlopen(req, timeout=self.timeout_s, context=self.ssl_context)
 
     def _get(self, path: str, params: dict[str, str], what: str) -> Any:
         url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+            with self._open(url) as resp:
                 body = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
@@ -118,7 +132,7 @@ class Prometheus:
     def ready(self) -> bool:
         """Whether Prometheus answers at all (``/-/ready``)."""
         try:
-            with urllib.request.urlopen(f"{self.base_url}/-/ready", timeout=self.timeout_s) as r:
+            with self._open(f"{self.base_url}/-/ready") as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
