@@ -129,7 +129,10 @@ class Runner:
         self.release_id = release_id
         self.flush_pattern = flush_pattern
         self.only = only
-        self.prom = prometheus or Prometheus(target.prometheus_url)
+        own = getattr(
+            target, "prometheus", None
+        )  # a cluster's carries the kubeconfig's credentials
+        self.prom = prometheus or (own() if callable(own) else Prometheus(target.prometheus_url))
         self.project_dir = project_dir
         self.ledger = Ledger(target.ledger(), cfg.stack, target.name)
         self._prom_down: str | None = None
@@ -392,7 +395,11 @@ class Runner:
         status = fn(name)
         if status is None:
             return [Finding(k.title, "info", f"Job {name} does not exist")]
-        failed = bool(status.get("failed")) or status.get("condition") == "Failed"
+        failed = (
+            bool(status["failed_condition"])
+            if "failed_condition" in status
+            else bool(status.get("failed")) or status.get("condition") == "Failed"
+        )
         return [Finding(k.title, k.severity if failed else "ok", f"Job {name}: {status}")]
 
     def _local_processes(self, k: KubeRead, stack: Any) -> list[Finding]:
