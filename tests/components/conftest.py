@@ -19,7 +19,8 @@ def runs() -> dict[str, ProgramRun]:
 
 @pytest.fixture(scope="session", params=STACKS)
 def run(request, runs) -> ProgramRun:
-    return runs[request.param]
+    chosen: ProgramRun = runs[request.param]
+    return chosen
 
 
 @pytest.fixture(scope="session")

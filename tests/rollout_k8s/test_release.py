@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,8 @@ class Traffic:
 
     def __init__(self) -> None:
         self.t0 = time.time()
-        self.tracks = {
+        self.port = 0
+        self.tracks: dict[str, dict[str, Any]] = {
             "stable": {"version": "1.0.0", "errors": 0.0, "latency": 0.02},
             "canary": {"version": "2.0.0", "errors": 0.0, "latency": 0.02},
         }

@@ -59,7 +59,7 @@ def test_an_invalid_write_is_refused_by_the_schema_and_changes_nothing(standin):
     before = standin.get("Deployment", NS, "portal-canary")
     with pytest.raises(ApiException) as info:
         apps.patch_namespaced_deployment("portal-canary", NS, {"spec": {"replicas": "many"}})
-    assert info.value.status == 422 and "replicas" in info.value.body
+    assert info.value.status == 422 and "replicas" in str(info.value.body)
     assert standin.get("Deployment", NS, "portal-canary") == before
 
 
