@@ -804,9 +804,15 @@ class ReleaseEngine:
             f"{self.pushgateway_url.rstrip('/')}/metrics/job/portal_release/"
             f"stack/{self.cfg.stack}/release/{release_id}"
         )
-        req = urllib.request.Request(url, data=body.encode(), method="PUT")
+        # Through the API server's service proxy a push needs the same credentials as queries.
+        same_host = url.split("/api/", 1)[0] == self.prom.base_url.split("/api/", 1)[0]
+        headers = {"Content-Type": "text/plain; version=0.0.4"}
+        if same_host:
+            headers.update(self.prom.headers)
+        req = urllib.request.Request(url, data=body.encode(), method="PUT", headers=headers)
         try:
-            urllib.request.urlopen(req, timeout=3).close()
+            context = self.prom.ssl_context if same_host else None
+            urllib.request.urlopen(req, timeout=3, context=context).close()
         except (urllib.error.URLError, OSError) as exc:
             self._emit("info", release_id, f"could not push release state to {url}: {exc}")
 

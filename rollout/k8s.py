@@ -160,6 +160,15 @@ class KubernetesTarget:
     def prometheus_url(self) -> str:
         return self._prometheus_url
 
+    @property
+    def pushgateway_url(self) -> str:
+        """The Pushgateway through the API server's service proxy (release events)."""
+        host = self.api_client.configuration.host.rstrip("/")
+        return (
+            f"{host}/api/v1/namespaces/{self.namespace}/services/"
+            f"{self.names.pushgateway}:{self.names.pushgateway_port}/proxy"
+        )
+
     def prometheus(self) -> Prometheus:
         """A Prometheus client with the kubeconfig's credentials (for the service proxy)."""
         conf = self.api_client.configuration

@@ -200,7 +200,11 @@ class KubeStandin:
             def _body(self) -> Any:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                return json.loads(raw) if raw else None
+                if not raw:
+                    return None
+                if "json" not in (self.headers.get("Content-Type") or "json"):
+                    return raw  # proxied bodies (a Pushgateway push) pass through as bytes
+                return json.loads(raw)
 
             def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -453,7 +457,7 @@ class KubeStandin:
             raise ApiError(404, "NotFound", f"the server could not find {path}")
         with self.lock:
             if sub and sub[0] == "proxy":
-                return self._proxy(plural, ns, name or "", "/".join(sub[1:]), query)
+                return self._proxy(plural, ns, name or "", "/".join(sub[1:]), query, verb, body)
             if sub and sub[0] == "log" and plural == "pods":
                 pod = self._require(plural, ns, name or "")
                 job = pod["metadata"].get("labels", {}).get("job-name", "")
@@ -582,13 +586,20 @@ class KubeStandin:
         )
 
     def _proxy(
-        self, plural: str, ns: str, target: str, path: str, query: dict[str, str]
+        self,
+        plural: str,
+        ns: str,
+        target: str,
+        path: str,
+        query: dict[str, str],
+        verb: str = "GET",
+        body: Any = None,
     ) -> tuple[int, Any, str]:
         name = target.split(":", 1)[0]
         if plural == "pods":
             self._require("pods", ns, name)
-            code, body = self.health(name, "/" + path)
-            return code, body, "application/json"
+            code, answer = self.health(name, "/" + path)
+            return code, answer, "application/json"
         if plural == "services":
             base = self.service_proxies.get(name)
             if base is None:
@@ -596,8 +607,14 @@ class KubeStandin:
             url = f"{base.rstrip('/')}/{path}"
             if query:
                 url += "?" + urllib.parse.urlencode(query)
+            data = (
+                body
+                if isinstance(body, bytes)
+                else (None if body is None else json.dumps(body).encode())
+            )
+            req = urllib.request.Request(url, data=data, method=verb)
             try:
-                with urllib.request.urlopen(url, timeout=10) as resp:
+                with urllib.request.urlopen(req, timeout=10) as resp:
                     return (
                         resp.status,
                         resp.read(),

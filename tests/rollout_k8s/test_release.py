@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from rollout.engine import ReleaseEngine
 from rollout.k8s import KubernetesTarget
-from rollout.local.servers import free_port, wait_until
+from rollout.local.servers import PushgatewayServer, free_port, wait_until
 from rollout.prometheus import Prometheus
 from rollout.target import ReleaseSpec
 
@@ -79,13 +80,21 @@ def traffic():
 
 
 @pytest.fixture
-def engine_on_cluster(standin, traffic, prometheus_factory):
+def pushgateway(server_root):
+    server = PushgatewayServer(server_root / f"push-{free_port()}", free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def engine_on_cluster(standin, traffic, prometheus_factory, pushgateway):
     prom = prometheus_factory(
         "global: {scrape_interval: 500ms}\n"
         "scrape_configs:\n"
         f"- job_name: portal\n  static_configs: [{{targets: ['127.0.0.1:{traffic.port}']}}]\n"
     )
     standin.service_proxies["prometheus"] = prom.url
+    standin.service_proxies["pushgateway"] = pushgateway.url
     client = Prometheus(prom.url)
     wait_until(lambda: bool(client.query("http_requests_total")), 30, "first scrape")
     cfg = config(
@@ -97,7 +106,9 @@ def engine_on_cluster(standin, traffic, prometheus_factory):
     target = KubernetesTarget(cfg, api_client(standin), poll_s=0.01, timeout_s=5)
 
     def make():
-        return ReleaseEngine(cfg, target, prometheus=target.prometheus())
+        return ReleaseEngine(
+            cfg, target, prometheus=target.prometheus(), pushgateway_url=target.pushgateway_url
+        )
 
     return make, target
 
@@ -118,7 +129,7 @@ def test_a_healthy_canary_is_promoted_through_the_api(engine_on_cluster, standin
     assert standin.get("Job", "portal-staging", target.cfg.names.migration_job("2.0.0"))
 
 
-def test_an_erroring_canary_is_rolled_back_through_the_api(engine_on_cluster, traffic):
+def test_an_erroring_canary_is_rolled_back_through_the_api(engine_on_cluster, traffic, pushgateway):
     make, target = engine_on_cluster
     traffic.tracks["canary"]["errors"] = 0.3
     outcome = make().start(ReleaseSpec("", "2.0.0", "ghcr.io/acme/portal:2.0.0"))
@@ -127,3 +138,8 @@ def test_an_erroring_canary_is_rolled_back_through_the_api(engine_on_cluster, tr
     state = target.state()
     assert state.weight == 0 and state.canary_replicas == 0
     assert state.stable_image == "ghcr.io/acme/portal:1.0.0"
+    # the abort reached the Pushgateway through the API server (the PortalReleaseAborted alert)
+    with urllib.request.urlopen(f"{pushgateway.url}/metrics", timeout=5) as r:
+        pushed = r.read().decode()
+    assert f'release="{outcome.release_id}"' in pushed
+    assert "portal_release_aborted_timestamp_seconds{" in pushed
