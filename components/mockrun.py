@@ -9,6 +9,7 @@ manifests; the tests assert on them.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import runpy
@@ -229,6 +230,14 @@ def _run(
     program: Path,
     password: Callable[[str], str],
 ) -> ProgramRun:
+    # The Pulumi runtime awaits on the thread's current event loop; code that ran before (an
+    # asyncio.run, a test framework) may have closed it or left none.
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError("closed")
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     settings.ROOT.set(None)
     platform_mocks = PlatformMocks(password)
     monitor = RecordingMonitor(platform_mocks)

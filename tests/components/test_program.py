@@ -266,3 +266,16 @@ def test_prod_is_bigger_than_staging(runs, configs):
     assert any(step.pause for step in p.canary.steps)
     assert p.slo.max_error_rate < s.slo.max_error_rate
     assert len(runs["prod"].resources) >= len(runs["staging"].resources)
+
+
+def test_the_program_runs_after_other_asyncio_code_closed_the_loop():
+    import asyncio
+
+    from components.render import run_stack
+    from tests.conftest import REPO
+
+    async def nothing():
+        return None
+
+    asyncio.run(nothing())  # leaves the thread without a current event loop
+    assert len(run_stack("staging", REPO).resources) >= 40
