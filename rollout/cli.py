@@ -229,6 +229,8 @@ def release_start(
         if not IMAGE_RE.match(image):
             fail(f"--image {image!r} is not an image reference with a tag (repo/name:tag)")
         version = version or image.rsplit(":", 1)[-1]
+        if env:
+            fail("--env is for local drills (the fault switch); a cluster release runs the image")
     extra = parse_env(env or [])
     cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress())

@@ -85,6 +85,10 @@ def test_an_unknown_stack_is_refused(project):
         (["--local"], "--local needs --version"),
         (["--local", "--version", "2", "--stack", "staging"], "exclusive"),
         (["--local", "--version", "2", "--env", "lower=1"], "--env"),
+        (
+            ["--stack", "staging", "--image", "r/p:2", "--env", "PORTAL_FAULT_ERROR_RATE=1"],
+            "local drills",
+        ),
     ],
 )
 def test_bad_release_arguments_are_refused(project, args, message):
