@@ -99,17 +99,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------ recording
 
 
-def _selector(track: str, version: str | None, extra: str = "") -> str:
-    from rollout.analysis import EXCLUDED_ROUTES
-
-    parts = [f'track="{track}"', f'route!~"{EXCLUDED_ROUTES}"']
-    if version:
-        parts.append(f'version="{version}"')
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}"
-
-
 def _filled(points: Sequence[tuple[float, float]], start: int, end: int) -> list[float]:
     """One value per second from ``start`` to ``end`` (missing: the last known value, or 0)."""
     by_t = {round(t): v for t, v in points}
@@ -128,8 +117,10 @@ def _record_track(
     prom: Any, track: str, version: str | None, start: int, end: int
 ) -> dict[str, Any]:
     """Per-second increments of requests, 5xx and latency buckets in [start, end]."""
-    sel = _selector(track, version)
-    err = _selector(track, version, 'status=~"5.."')
+    from rollout.analysis import selector
+
+    sel = selector(track, version)
+    err = selector(track, version, 'status=~"5.."')
 
     def one(promql: str) -> list[float]:
         series = prom.query_range(promql, start, end, 1)

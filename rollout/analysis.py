@@ -26,13 +26,12 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
+from components.alerts import EXCLUDED_ROUTES  # probes and scrapes: the alerts skip them too
 from components.config import CanaryConfig, Slo
 from rollout.target import HealthProbe
 
 Verdict = Literal["PASS", "FAIL", "INSUFFICIENT_DATA", "PROVIDER_ERROR"]
 
-EXCLUDED_ROUTES = "/api/health.*|/metrics"
-"""Probes and scrapes are not traffic: the gates never count them."""
 
 LATENCY_EARLY_MARGIN = 1.25
 """Mid-window, p95 must exceed its limit by this factor to fail (a histogram p95 over a few
@@ -100,7 +99,8 @@ class GateResult:
 # ------------------------------------------------------------------------------------ queries
 
 
-def _selector(track: str, version: str | None, extra: str = "") -> str:
+def selector(track: str, version: str | None, extra: str = "") -> str:
+    """The label matchers of one track's user traffic (``extra``: more matchers)."""
     parts = [f'track="{track}"', f'route!~"{EXCLUDED_ROUTES}"']
     if version:
         parts.insert(1, f'version="{version}"')
@@ -114,8 +114,8 @@ def queries(canary_version: str, range_s: float) -> dict[str, str]:
     r = f"{max(1, math.ceil(range_s))}s"
     out: dict[str, str] = {}
     for track, version in (("canary", canary_version), ("stable", None)):
-        sel = _selector(track, version)
-        err = _selector(track, version, 'status=~"5.."')
+        sel = selector(track, version)
+        err = selector(track, version, 'status=~"5.."')
         out[f"{track}_requests"] = f"sum(increase(http_requests_total{sel}[{r}]))"
         out[f"{track}_errors"] = f"sum(increase(http_requests_total{err}[{r}]))"
         out[f"{track}_p95_ms"] = (

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.config import StackConfig, Step
+from components.config import StackConfig, Step, VerdictPolicy
 from rollout.analysis import (
     Check,
     GateResult,
@@ -413,16 +413,7 @@ class ReleaseEngine:
 
         def intent(doc: dict[str, Any]) -> None:
             self._check_lease(doc)
-            release = _find(doc, release_id)
-            release["transitions"].append(
-                {
-                    "seq": len(release["transitions"]) + 1,
-                    "action": action,
-                    "args": args,
-                    "state": "intent",
-                    "at": now,
-                }
-            )
+            _intent(_find(doc, release_id), action, args, now)
 
         self.ledger.update(intent)
         try:
@@ -441,7 +432,7 @@ class ReleaseEngine:
 
         def finish(doc: dict[str, Any]) -> None:
             release = _find(doc, release_id)
-            release["transitions"][-1].update(state="done", done_at=self.clock())
+            _done(release, self.clock())
             if action == "set_weight":
                 release["weight"] = args["weight"]
 
@@ -523,26 +514,24 @@ class ReleaseEngine:
                 raise _Stop("ABORTED", f"metrics gate failed: {metrics.reason}", metrics)
             if metrics.verdict == "PROVIDER_ERROR":
                 provider_since = provider_since if provider_since is not None else now
-                policy = c.on_provider_error
-                if now - provider_since >= policy.limit_s:
-                    raise _Stop(
-                        "HELD" if policy.then == "hold" else "ABORTED",
-                        f"Prometheus unavailable for {now - provider_since:.0f}s "
-                        f"(onProviderError: {policy.then}): {metrics.reason}",
-                        metrics,
-                    )
+                _apply_policy(
+                    c.on_provider_error,
+                    "onProviderError",
+                    "Prometheus unavailable",
+                    now - provider_since,
+                    metrics,
+                )
                 continue
             provider_since = None
             if metrics.verdict == "INSUFFICIENT_DATA":
                 no_data_since = no_data_since if no_data_since is not None else now
-                policy = c.on_insufficient_data
-                if now - no_data_since >= policy.limit_s:
-                    raise _Stop(
-                        "HELD" if policy.then == "hold" else "ABORTED",
-                        f"insufficient data for {now - no_data_since:.0f}s "
-                        f"(onInsufficientData: {policy.then}): {metrics.reason}",
-                        metrics,
-                    )
+                _apply_policy(
+                    c.on_insufficient_data,
+                    "onInsufficientData",
+                    "insufficient data",
+                    now - no_data_since,
+                    metrics,
+                )
                 continue
             no_data_since = None
             if final:
@@ -658,16 +647,7 @@ class ReleaseEngine:
         def intent(doc: dict[str, Any]) -> None:
             release = _find(doc, release_id)
             release["reason"] = stop.reason
-            if not release["transitions"] or release["transitions"][-1]["action"] != "rollback":
-                release["transitions"].append(
-                    {
-                        "seq": len(release["transitions"]) + 1,
-                        "action": "rollback",
-                        "args": {},
-                        "state": "intent",
-                        "at": now,
-                    }
-                )
+            _intent(release, "rollback", {}, now, redo_last=True)
             if release.get("incident") is None:
                 release["incident"] = incident
 
@@ -676,7 +656,7 @@ class ReleaseEngine:
 
         def done(doc: dict[str, Any]) -> None:
             release = _find(doc, release_id)
-            release["transitions"][-1].update(state="done", done_at=self.clock())
+            _done(release, self.clock())
             release.update(status="ABORTED", weight=0, ended_at=self.clock())
 
         self.ledger.update(done)
@@ -698,17 +678,7 @@ class ReleaseEngine:
         now = self.clock()
 
         def intent(doc: dict[str, Any]) -> None:
-            r = _find(doc, release_id)
-            if not r["transitions"] or r["transitions"][-1]["action"] != "promote":
-                r["transitions"].append(
-                    {
-                        "seq": len(r["transitions"]) + 1,
-                        "action": "promote",
-                        "args": {},
-                        "state": "intent",
-                        "at": now,
-                    }
-                )
+            _intent(_find(doc, release_id), "promote", {}, now, redo_last=True)
 
         self.ledger.update(intent)
         try:
@@ -718,7 +688,7 @@ class ReleaseEngine:
 
         def done(doc: dict[str, Any]) -> None:
             r = _find(doc, release_id)
-            r["transitions"][-1].update(state="done", done_at=self.clock())
+            _done(r, self.clock())
             r.update(status="PROMOTED", weight=0, ended_at=self.clock(), reason=reason)
             doc["stable"] = {
                 "version": spec.version,
@@ -834,6 +804,39 @@ def _find(doc: dict[str, Any], release_id: str) -> dict[str, Any]:
     if release is None:
         raise LedgerError(f"release {release_id} is not in the ledger")
     return release
+
+
+def _intent(
+    release: dict[str, Any],
+    action: str,
+    args: dict[str, Any],
+    now: float,
+    redo_last: bool = False,
+) -> None:
+    """Record ``action`` as about to happen (write-ahead). ``redo_last``: when the last record
+    is already this action (a crash interrupted it), that record is performed again."""
+    transitions = release["transitions"]
+    if redo_last and transitions and transitions[-1]["action"] == action:
+        return
+    transitions.append(
+        {"seq": len(transitions) + 1, "action": action, "args": args, "state": "intent", "at": now}
+    )
+
+
+def _done(release: dict[str, Any], at: float) -> None:
+    release["transitions"][-1].update(state="done", done_at=at)
+
+
+def _apply_policy(
+    policy: VerdictPolicy, key: str, what: str, lasted_s: float, result: GateResult
+) -> None:
+    """Once a verdict that is neither PASS nor FAIL has lasted its limit: hold or roll back."""
+    if lasted_s >= policy.limit_s:
+        raise _Stop(
+            "HELD" if policy.then == "hold" else "ABORTED",
+            f"{what} for {lasted_s:.0f}s ({key}: {policy.then}): {result.reason}",
+            result,
+        )
 
 
 def _set(doc: dict[str, Any], release_id: str, **fields: Any) -> None:
