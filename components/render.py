@@ -18,31 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pulumi
 import yaml
 
 from components.config import SECRET_KEYS, ConfigError, read_stack_values, stack_file
 from components.mockrun import PROJECT_DIR, ProgramRun, run_program
+from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate
 
-KUBERNETES_VERSION = "1.37"
-"""Schemas the objects are validated against (the newest kubernetes-validate ships)."""
-
-
-class InvalidManifest(ValueError):
-    """An object failed schema validation; the message names it, the field and the problem."""
-
-
-def validate(manifest: dict[str, Any], version: str = KUBERNETES_VERSION) -> None:
-    """Strict schema validation of one object."""
-    where = f"{manifest.get('kind')} {manifest.get('metadata', {}).get('name')!r}"
-    try:
-        kubernetes_validate.validate(manifest, version, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        path = ".".join(str(p) for p in exc.path) or "(top level)"
-        raise InvalidManifest(f"{where}: {path}: {exc.message}") from None
-    except kubernetes_validate.SchemaNotFoundError as exc:
-        raise InvalidManifest(f"{where}: {exc.message}") from None
+__all__ = ["KUBERNETES_VERSION", "InvalidManifest", "main", "manifests", "run_stack", "validate"]
 
 
 def run_stack(stack: str, project_dir: Path = PROJECT_DIR) -> ProgramRun:

@@ -28,11 +28,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import kubernetes_validate
-
+from components import schemas
 from rollout.local.servers import free_port
-
-KUBERNETES_VERSION = "1.37"
 
 # resource plural -> (api prefix, kind, apiVersion)
 RESOURCES: dict[str, tuple[str, str, str]] = {
@@ -160,7 +157,7 @@ class KubeStandin:
 
     def __init__(
         self,
-        kubernetes_version: str = KUBERNETES_VERSION,
+        kubernetes_version: str = schemas.KUBERNETES_VERSION,
         rollout_reads: int = 2,
         job_reads: int = 2,
     ) -> None:
@@ -254,16 +251,9 @@ class KubeStandin:
 
     def validate(self, obj: dict[str, Any]) -> None:
         try:
-            kubernetes_validate.validate(obj, self.kubernetes_version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.path) or "(top level)"
-            raise ApiError(
-                422,
-                "Invalid",
-                f"{obj.get('kind')} "
-                f"{obj.get('metadata', {}).get('name')!r} is invalid: {path}: "
-                f"{exc.message}",
-            ) from None
+            schemas.validate(obj, self.kubernetes_version)
+        except schemas.InvalidManifest as exc:
+            raise ApiError(422, "Invalid", f"invalid object: {exc}") from None
 
     def _store(
         self, plural: str, ns: str, obj: dict[str, Any], verb: str, old: dict[str, Any] | None
