@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from components.config import ConfigError, StackConfig, stack_file
@@ -25,6 +25,7 @@ from rollout.engine import Outcome, ReleaseEngine, ReleaseError
 from rollout.events import Event
 from rollout.ledger import LedgerError, ReleaseInProgress
 from rollout.local.servers import ServerError
+from rollout.progress import Progress
 from rollout.target import ReleaseSpec, Target, TargetError
 
 EXIT_BAD_INPUT = 2
@@ -104,74 +105,18 @@ def _user() -> str:
     return os.environ.get("PORTALCTL_USER") or os.environ.get("USER") or "operator"
 
 
-# ------------------------------------------------------------------------------ progress
-
-
-class Progress:
-    """Rich rendering of engine events: one line each, verdicts colour-coded."""
-
-    COLOURS: ClassVar[dict[str, str]] = {
-        "PASS": "green",
-        "FAIL": "red",
-        "INSUFFICIENT_DATA": "yellow",
-        "PROVIDER_ERROR": "magenta",
-    }
-
-    def __init__(self, out: Console = console, quiet_passes: bool = False) -> None:
-        self.out = out
-        self.quiet_passes = quiet_passes
-        self.start = time.monotonic()
-
-    def __call__(self, event: Event) -> None:
-        t = time.monotonic() - self.start
-        stamp = f"[dim]{t:6.1f}s[/dim]"
-        if event.kind == "verdict":
-            verdict = event.data.get("verdict", "")
-            if self.quiet_passes and verdict == "PASS":
-                return
-            colour = self.COLOURS.get(verdict, "white")
-            elapsed = event.data.get("elapsed_s", 0.0)
-            window = event.data.get("window_s", 0.0)
-            bar = _bar(elapsed / window if window else 1.0)
-            self.out.print(
-                f"{stamp}   {bar} {event.data.get('gate', ''):7} "
-                f"[{colour}]{verdict:17}[/{colour}] "
-                f"{_escape(event.data.get('reason', ''))}"
-            )
-            return
-        style = {
-            "promoted": "bold green",
-            "rolled_back": "bold red",
-            "held": "bold yellow",
-            "paused": "bold yellow",
-            "step_started": "bold",
-            "started": "bold cyan",
-        }.get(event.kind, "")
-        msg = _escape(event.message)
-        self.out.print(f"{stamp} [{style}]{msg}[/{style}]" if style else f"{stamp} {msg}")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
-
-
-def _bar(fraction: float, width: int = 10) -> str:
-    filled = max(0, min(width, round(fraction * width)))
-    return "[cyan]" + "█" * filled + "[/cyan][dim]" + "·" * (width - filled) + "[/dim]"
-
-
 def _finish(outcome: Outcome) -> NoReturn:
     if outcome.status == "PROMOTED":
         console.print(
-            f"[bold green]PROMOTED[/bold green] {outcome.release_id}: {_escape(outcome.reason)}"
+            f"[bold green]PROMOTED[/bold green] {outcome.release_id}: {escape(outcome.reason)}"
         )
     elif outcome.status == "HELD":
         console.print(
-            f"[bold yellow]HELD[/bold yellow] {outcome.release_id}: {_escape(outcome.reason)}"
+            f"[bold yellow]HELD[/bold yellow] {outcome.release_id}: {escape(outcome.reason)}"
         )
     else:
         console.print(
-            f"[bold red]ROLLED BACK[/bold red] {outcome.release_id}: {_escape(outcome.reason)}"
+            f"[bold red]ROLLED BACK[/bold red] {outcome.release_id}: {escape(outcome.reason)}"
         )
         if outcome.incident:
             console.print(
@@ -233,7 +178,7 @@ def release_start(
             fail("--env is for local drills (the fault switch); a cluster release runs the image")
     extra = parse_env(env or [])
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image, extra)))
     assert outcome is not None
     _finish(outcome)
@@ -249,7 +194,7 @@ def release_resume(
 ) -> None:
     """Continue the release in flight from the step it was on (after a crash or a hold)."""
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(engine.resume)
     assert outcome is not None
     _finish(outcome)
@@ -264,7 +209,7 @@ def _request(
     local_dir: Path | None,
 ) -> None:
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(lambda: engine.request(action, _user()))
     if outcome is None:
         console.print(
@@ -381,10 +326,10 @@ def rollback(
 ) -> None:
     """Return stable to the last known-good release (or --to one)."""
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress())
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(lambda: engine.rollback(to, force))
     assert outcome is not None
-    console.print(f"[bold green]ROLLED BACK[/bold green] {_escape(outcome.reason)}")
+    console.print(f"[bold green]ROLLED BACK[/bold green] {escape(outcome.reason)}")
 
 
 # ------------------------------------------------------------------------------ local

@@ -19,6 +19,7 @@ from rollout.ledger import active_release
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import STABLE_VERSION, LocalStack, local_config
 from rollout.local.target import LocalTarget
+from rollout.progress import Progress
 from rollout.report import write_report
 from rollout.target import ReleaseSpec
 
@@ -94,8 +95,6 @@ def run_drill(
     canary: dict[str, Any] | None = None,
     releases: tuple[tuple[str, dict[str, str], str, str], ...] = RELEASES,
 ) -> DrillResult:
-    from rollout.cli import Progress
-
     stack = LocalStack(root)
     console.rule("[bold]portal drill: local stack")
     state = stack.up(lambda m: console.print(f"• {m}"))
