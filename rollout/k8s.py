@@ -221,13 +221,12 @@ class KubernetesTarget:
             canary_image=self._image_of(canary, self.names.container),
             canary_replicas=int(canary.spec.replicas or 0),
             canary_ready_replicas=int((canary.status and canary.status.ready_replicas) or 0),
-            weight=self._weight(),
+            weight=self._weight(int(stable.spec.replicas or 0), int(canary.spec.replicas or 0)),
         )
 
-    def _weight(self) -> int:
+    def _weight(self, stable: int, canary: int) -> int:
+        """The canary's share: the Ingress annotation, or in replicas mode the pod ratio."""
         if self.cfg.traffic.mode == "replicas":
-            canary = int(self._deployment(self.names.canary).spec.replicas or 0)
-            stable = int(self._deployment(self.names.stable).spec.replicas or 0)
             return round(100 * canary / (canary + stable)) if canary + stable else 0
         try:
             ing = self.net.read_namespaced_ingress(self.names.canary_ingress, self.namespace)
