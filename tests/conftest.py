@@ -7,6 +7,7 @@ database / Redis db flushed); tests that stop or kill a server start their own t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from rollout.local.servers import (
     RedisServer,
     free_port,
 )
+from rollout.local.stack import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +39,22 @@ def server_root() -> Iterator[Path]:
     yield root
     if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_local_stack(prefix: str) -> Iterator[LocalStack]:
+    """A whole local stack (``portalctl local up``) in a fresh world-traversable directory,
+    brought down and removed afterwards; test modules share one through a module fixture."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root.chmod(0o755)
+    stack = LocalStack(root / "local")
+    try:
+        stack.up(lambda m: None)
+        yield stack
+    finally:
+        stack.down(lambda m: None)
+        if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _unique(prefix: str) -> str:

@@ -7,17 +7,14 @@ evaluate, and the panels over the app's and exporters' series must show data.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from components.dashboards import expand, load_dashboards, panel_queries, template_variables
-from rollout.local.stack import LocalStack
 from rollout.prometheus import Prometheus, PrometheusError
+from tests.conftest import running_local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +32,8 @@ MAY_BE_EMPTY = (
 
 @pytest.fixture(scope="module")
 def prometheus():
-    root = Path(tempfile.mkdtemp(prefix="portal-dash-", dir="/tmp"))
-    root.chmod(0o755)
-    stack = LocalStack(root / "local")
-    try:
-        state = stack.up(lambda m: None)
+    with running_local_stack("portal-dash-") as stack:
+        state = stack.load()
         for i in range(150):
             path = (
                 f"/api/users/{1 + i % 20}/dashboard",
@@ -51,9 +45,6 @@ def prometheus():
                 r.read()
         time.sleep(4)  # a few scrapes
         yield Prometheus(state["prometheus_url"])
-    finally:
-        stack.down(lambda m: None)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def all_queries():

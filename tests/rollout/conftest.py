@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ import pytest
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import LocalStack, local_config
 from rollout.local.target import LocalTarget
+from tests.conftest import running_local_stack
 
 FAST: dict[str, Any] = {
     "steps": [{"weight": 30, "analysis": "3s"}, {"weight": 100, "analysis": "3s"}],
@@ -33,20 +31,13 @@ def fast_config(**overrides: Any):
 
 @pytest.fixture(scope="module")
 def stack_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="portal-local-", dir="/tmp"))
-    root.chmod(0o755)
-    stack = LocalStack(root / "local")
-    try:
+    with running_local_stack("portal-local-") as stack:
         yield stack.root
-    finally:
-        stack.down(lambda m: None)
-        if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def local_state(stack_root: Path) -> dict[str, Any]:
-    return LocalStack(stack_root).up(lambda m: None)
+    return LocalStack(stack_root).load()
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ scrapes, exporters) under steady load, shared by the runbook drills of this fold
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import LocalStack
 from rollout.local.target import LocalTarget
+from tests.conftest import running_local_stack
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PORTALCTL = [sys.executable, "-c", "from rollout.cli import main; main()"]
@@ -24,16 +23,8 @@ PORTALCTL = [sys.executable, "-c", "from rollout.cli import main; main()"]
 
 @pytest.fixture(scope="module")
 def stack_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="portal-runbooks-", dir="/tmp"))
-    root.chmod(0o755)
-    stack = LocalStack(root / "local")
-    try:
-        stack.up(lambda m: None)
+    with running_local_stack("portal-runbooks-") as stack:
         yield stack.root
-    finally:
-        stack.down(lambda m: None)
-        if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
