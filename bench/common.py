@@ -236,23 +236,24 @@ class Service:
         self.process.stop()
 
 
-def start_app(root: Path, name: str, env: Mapping[str, str], timeout: float = 60) -> Service:
-    """``python -m app serve`` on a free port, ready when /api/health answers."""
-    port = free_port()
-    proc = Process(
-        name,
-        root / name,
-        [PYTHON, "-m", "app", "serve", "--port", str(port)],
-        env=dict(env),
-        cwd=REPO,
-    )
+def _serve(
+    root: Path,
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    what: str,
+    port: int,
+    timeout: float,
+) -> Service:
+    """Start ``argv`` (listening on ``port``); ready when /api/health answers."""
+    proc = Process(name, root / name, argv, env=dict(env), cwd=REPO)
     proc.start()
     service = Service(name, proc, port)
     try:
         wait_until(
             lambda: http_ok(f"{service.url}/api/health"),
             timeout,
-            f"app {name}",
+            what,
             proc.log,
             proc.alive,
         )
@@ -260,6 +261,13 @@ def start_app(root: Path, name: str, env: Mapping[str, str], timeout: float = 60
         proc.stop()
         raise
     return service
+
+
+def start_app(root: Path, name: str, env: Mapping[str, str], timeout: float = 60) -> Service:
+    """``python -m app serve`` on a free port, ready when /api/health answers."""
+    port = free_port()
+    argv = [PYTHON, "-m", "app", "serve", "--port", str(port)]
+    return _serve(root, name, argv, env, f"app {name}", port, timeout)
 
 
 def start_bare(root: Path, name: str = "bare", timeout: float = 60) -> Service:
@@ -280,21 +288,7 @@ def start_bare(root: Path, name: str = "bare", timeout: float = 60) -> Service:
         "--lifespan",
         "on",
     ]
-    proc = Process(name, root / name, argv, env=dict(os.environ), cwd=REPO)
-    proc.start()
-    service = Service(name, proc, port)
-    try:
-        wait_until(
-            lambda: http_ok(f"{service.url}/api/health"),
-            timeout,
-            f"bare app {name}",
-            proc.log,
-            proc.alive,
-        )
-    except ServerError:
-        proc.stop()
-        raise
-    return service
+    return _serve(root, name, argv, os.environ, f"bare app {name}", port, timeout)
 
 
 def cpu_seconds(pid: int) -> float:
