@@ -545,14 +545,20 @@ class ReleaseEngine:
                 return
 
     def _between_checks(self, release_id: str) -> None:
-        """Renew the lease and act on promote/abort requests."""
+        """Act on promote/abort requests, and renew the lease when it runs low (each recorded
+        check round renews it too, so most rounds only read here)."""
         now = self.clock()
+        doc = self.ledger.read()
+        self._check_lease(doc)
+        pending = any(not r["handled"] for r in _find(doc, release_id)["requests"])
+        left = float(doc["lease"]["expires_at"]) - now
+        if not pending and left > self.canary.lease_ttl_s / 2 + self.canary.interval_s:
+            return
         found: dict[str, Any] | None = None
 
         def renew(doc: dict[str, Any]) -> None:
             nonlocal found
-            self._check_lease(doc)
-            doc["lease"]["expires_at"] = now + self.canary.lease_ttl_s
+            self._renew_lease(doc, now)
             release = _find(doc, release_id)
             for req in release["requests"]:
                 if not req["handled"]:
@@ -618,6 +624,7 @@ class ReleaseEngine:
         now = self.clock()
 
         def add(doc: dict[str, Any]) -> None:
+            self._renew_lease(doc, now)
             release = _find(doc, release_id)
             point: dict[str, Any] = {"at": now, "weight": weight, "step": index}
             if sample is not None:
@@ -737,6 +744,10 @@ class ReleaseEngine:
         if not lease or lease.get("holder") != self.holder:
             holder = lease.get("holder") if lease else "nobody"
             raise ReleaseInProgress(f"this portalctl lost the lease (now held by {holder})")
+
+    def _renew_lease(self, doc: dict[str, Any], now: float) -> None:
+        self._check_lease(doc)
+        doc["lease"]["expires_at"] = now + self.canary.lease_ttl_s
 
     def _drop_lease(self) -> None:
         def drop(doc: dict[str, Any]) -> None:
