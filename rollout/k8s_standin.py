@@ -535,7 +535,7 @@ class KubeStandin:
         self, plural: str, ns: str, name: str, body: Any, content_type: str
     ) -> tuple[int, Any, str]:
         old = self._require(plural, ns, name)
-        base = {k: v for k, v in copy.deepcopy(old).items()}
+        base = copy.deepcopy(old)
         if "json-patch" in content_type:
             new = json_patch(base, body)
         elif "merge-patch" in content_type and "strategic" not in content_type:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from components import alerts, prometheus_config
 from components.config import StackConfig, parse_config
 from rollout.local.servers import (
@@ -186,8 +188,6 @@ class LocalStack:
             if job["job_name"] == prometheus_config.JOB_APP:
                 job.pop("static_configs", None)
                 job["file_sd_configs"] = [{"files": ["app-targets.json"], "refresh_interval": "1s"}]
-        import yaml
-
         return PrometheusServer(
             self.root / "prometheus",
             int(ports["prometheus"]),
