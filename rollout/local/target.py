@@ -129,13 +129,12 @@ class LocalTarget:
     def deploy_canary(self, spec: ReleaseSpec, replicas: int) -> None:
         s = self.state_data
         instances = self.stack.instances(s)
-        wanted = {"version": spec.version, "env": dict(spec.env)}
         canary = [i for i in instances if i.track == "canary"]
         keep = [
             i
             for i in canary
             if i.version == spec.version
-            and (i.env or {}) == wanted["env"]
+            and (i.env or {}) == dict(spec.env)
             and i.pid is not None
             and pid_alive(i.pid)
         ]
