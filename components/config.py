@@ -392,15 +392,16 @@ class CanaryConfig:
     settle_s: float
     """Time after a weight change before samples count (lets traffic and scrapes catch up)."""
     min_requests: int
-    """No metrics verdict below this many canary requests in the window."""
+    """A floor: a step cannot PASS on fewer canary requests in its window (a FAIL needs none)."""
     max_error_rate_increase: float
     """Canary error rate may exceed stable's by at most this much (absolute fraction)."""
     max_p95_ratio: float
     """Canary p95 may be at most this multiple of stable's p95."""
     min_p95_increase_ms: float
     """...and must also be at least this many ms slower before the ratio counts (noise floor)."""
-    confidence: float
-    """How sure a mid-window FAIL must be (one-sided); windows end with the plain comparison."""
+    alpha: float
+    """The probability that a healthy release is ever rolled back by the metrics gate, over
+    the whole release however often it is checked (anytime-valid tests)."""
     health_failures: int
     """Consecutive failed health probes of a canary instance that make a FAIL."""
     on_insufficient_data: VerdictPolicy
@@ -882,6 +883,7 @@ def _parse_canary(value: Any) -> CanaryConfig:
             "maxErrorRateIncrease",
             "maxP95Ratio",
             "minP95IncreaseMs",
+            "alpha",
             "confidence",
             "healthFailures",
             "onInsufficientData",
@@ -889,6 +891,13 @@ def _parse_canary(value: Any) -> CanaryConfig:
             "leaseTtl",
         ),
     )
+    if "confidence" in m:
+        raise ConfigError(
+            f"{path}.confidence",
+            m["confidence"],
+            "removed: the gates now hold the false-rollback probability of the whole release "
+            "to portal:canary.alpha (default 0.01); replace it with alpha: 1 - confidence",
+        )
     steps = parse_steps(m.get("steps"), f"{path}.steps")
     interval = _duration(m, "interval", path, "10s", 0.1, 600)
     for i, step in enumerate(steps):
@@ -906,7 +915,7 @@ def _parse_canary(value: Any) -> CanaryConfig:
         max_error_rate_increase=_float(m, "maxErrorRateIncrease", path, 0.01, 0.0, 1.0),
         max_p95_ratio=_float(m, "maxP95Ratio", path, 1.5, 1.0, 100.0, lo_open=True),
         min_p95_increase_ms=_float(m, "minP95IncreaseMs", path, 50.0, 0.0, 60000.0),
-        confidence=_float(m, "confidence", path, 0.99, 0.5, 0.9999),
+        alpha=_float(m, "alpha", path, 0.01, 0.0, 0.5, lo_open=True),
         health_failures=_int(m, "healthFailures", path, 2, 1, 100),
         on_insufficient_data=_parse_policy(
             m.get("onInsufficientData"),

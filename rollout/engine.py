@@ -25,10 +25,13 @@ from components.config import StackConfig, Step, VerdictPolicy
 from rollout.analysis import (
     Check,
     GateResult,
-    WindowSample,
+    MetricsSample,
+    Snapshot,
     judge_health,
     judge_metrics,
     queries,
+    snapshots_of,
+    track_counts,
 )
 from rollout.events import Event, EventKind, EventSink, ignore
 from rollout.ledger import (
@@ -480,6 +483,9 @@ class ReleaseEngine:
             self._between_checks(release_id)
             self._health(release_id, index, weight, streaks, record=False)
         window_start = self.clock()
+        # the readings of the release so far: the evidence keeps growing across steps
+        history = snapshots_of(self._release(release_id)["samples"])
+        opened = False
         no_data_since: float | None = None
         provider_since: float | None = None
         while True:
@@ -489,7 +495,12 @@ class ReleaseEngine:
             elapsed = now - window_start
             final = elapsed >= step.analysis_s
             health = self._health(release_id, index, weight, streaks, record=True)
-            metrics, sample = self._metrics(spec, elapsed, step.analysis_s)
+            metrics, sample = self._metrics(
+                spec, index, now, None if opened else window_start, history
+            )
+            if sample is not None:
+                history.extend(sample.snapshots)
+                opened = True
             self._record(
                 release_id,
                 index,
@@ -588,28 +599,39 @@ class ReleaseEngine:
         return result
 
     def _metrics(
-        self, spec: ReleaseSpec, elapsed: float, window: float
-    ) -> tuple[GateResult, WindowSample | None]:
-        q = queries(spec.version, max(elapsed, 2 * self.canary.interval_s, 3.0))
-        try:
-            values = {name: self.prom.value(promql) for name, promql in q.items()}
-        except PrometheusError as exc:
-            check = Check(
-                "prometheus", "PROVIDER_ERROR", None, None, None, q["canary_requests"], str(exc)
+        self,
+        spec: ReleaseSpec,
+        index: int,
+        now: float,
+        window_start: float | None,
+        history: list[Snapshot],
+    ) -> tuple[GateResult, MetricsSample | None]:
+        """Read both tracks' counters (and, at a step's first check, as they were at
+        ``window_start``) and judge the release's readings so far."""
+        q = queries(spec.version)
+
+        def read(at: float | None, opens: bool) -> Snapshot:
+            errors = [(e.labels, e.value) for e in self.prom.query(q["errors"], at)]
+            buckets = [(b.labels, b.value) for b in self.prom.query(q["latency"], at)]
+            return Snapshot(
+                at or now,
+                index,
+                track_counts("canary", errors, buckets),
+                track_counts("stable", errors, buckets),
+                opens,
             )
+
+        try:
+            taken = ([read(window_start, True)] if window_start is not None else []) + [
+                read(None, False)
+            ]
+        except PrometheusError as exc:
+            check = Check("prometheus", "PROVIDER_ERROR", None, None, None, q["latency"], str(exc))
             return GateResult("metrics", "PROVIDER_ERROR", (check,), str(exc)), None
-        sample = WindowSample(
-            canary_requests=values["canary_requests"] or 0.0,
-            canary_errors=values["canary_errors"] or 0.0,
-            stable_requests=values["stable_requests"] or 0.0,
-            stable_errors=values["stable_errors"] or 0.0,
-            canary_p95_ms=values["canary_p95_ms"],
-            stable_p95_ms=values["stable_p95_ms"],
+        result, window, stats = judge_metrics(
+            [*history, *taken], self.canary, self.cfg.slo, queries=q
         )
-        result = judge_metrics(
-            sample, self.canary, self.cfg.slo, elapsed_s=elapsed, window_s=window, queries=q
-        )
-        return result, sample
+        return result, MetricsSample(tuple(taken), window, stats)
 
     def _record(
         self,
@@ -618,7 +640,7 @@ class ReleaseEngine:
         weight: int,
         elapsed: float,
         results: list[GateResult],
-        sample: WindowSample | None,
+        sample: MetricsSample | None,
         keep: bool,
     ) -> None:
         now = self.clock()

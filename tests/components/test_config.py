@@ -108,6 +108,9 @@ def test_a_bad_value_for_every_key_is_refused_naming_the_key_value_and_what_is_a
             "tag",
         ),
         (lambda v: v["canary"].update(interval="10x"), "portal:canary.interval", "duration"),
+        # the per-check confidence of the old gates became one alpha for the whole release
+        (lambda v: v["canary"].update(confidence=0.99), "portal:canary.confidence", "alpha"),
+        (lambda v: v["canary"].update(alpha=0.7), "portal:canary.alpha", "up to 0.5"),
     ],
 )
 def test_typical_mistakes_get_a_message_that_helps(edit, key, allowed):
