@@ -99,20 +99,18 @@ class TrackCounts:
     buckets: tuple[tuple[float, float], ...] = ()
     """``(upper bound in seconds, cumulative count)`` of the latency histogram, ``inf`` last."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "buckets": [[_le_text(le), n] for le, n in self.buckets],
-        }
+    def to_list(self, les: Sequence[float]) -> list[float]:
+        """``[requests, errors, count at or below each of les...]`` (compact, for the ledger)."""
+        cum = dict(self.buckets)
+        return [_compact(self.requests), _compact(self.errors)] + [
+            _compact(cum.get(le, 0.0)) for le in les
+        ]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrackCounts:
-        return cls(
-            float(d.get("requests") or 0.0),
-            float(d.get("errors") or 0.0),
-            tuple((float(le), float(n)) for le, n in d.get("buckets") or ()),
-        )
+    def from_list(cls, values: Sequence[float], les: Sequence[float]) -> TrackCounts:
+        counts = [float(v) for v in values]
+        requests, errors = [*counts, 0.0, 0.0][:2]
+        return cls(requests, errors, tuple(zip(les, counts[2:], strict=False)))
 
 
 @dataclass(frozen=True)
@@ -126,23 +124,33 @@ class Snapshot:
     opens: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Compact: the bucket bounds once, then per track requests, errors and the
+        cumulative count at each bound (a prod release records a few hundred of these)."""
+        les = sorted({le for t in (self.canary, self.stable) for le, _ in t.buckets})
         return {
-            "at": self.at,
+            "at": round(self.at, 3),
             "step": self.step,
             "opens": self.opens,
-            "canary": self.canary.to_dict(),
-            "stable": self.stable.to_dict(),
+            "le": [_le_text(le) for le in les],
+            "canary": self.canary.to_list(les),
+            "stable": self.stable.to_list(les),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Snapshot:
+        les = [float(le) for le in d.get("le") or ()]
         return cls(
             float(d["at"]),
             int(d["step"]),
-            TrackCounts.from_dict(d.get("canary") or {}),
-            TrackCounts.from_dict(d.get("stable") or {}),
+            TrackCounts.from_list(d.get("canary") or (), les),
+            TrackCounts.from_list(d.get("stable") or (), les),
             bool(d.get("opens")),
         )
+
+
+def _compact(value: float) -> float:
+    """Whole counts as ints in JSON (44, not 44.0)."""
+    return int(value) if float(value).is_integer() else round(float(value), 3)
 
 
 def _le_text(le: float) -> str:
@@ -483,9 +491,21 @@ class MetricsSample:
     def to_dict(self) -> dict[str, Any]:
         return {
             "snapshots": [s.to_dict() for s in self.snapshots],
-            **self.window,
-            "stats": self.stats,
+            **_rounded(self.window),
+            "stats": _rounded(self.stats),
         }
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits, all the way down (the ledger is read by people and
+    kept in a ConfigMap)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------ queries

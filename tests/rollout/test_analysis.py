@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rollout.analysis import (
+    MetricsSample,
     Snapshot,
     TrackCounts,
     error_test,
@@ -151,12 +152,18 @@ def test_a_failing_verdict_carries_its_query_values_limit_evalue_and_sequence():
     assert failing.baseline == 0
     assert failing.needed == 400
     assert failing.evalue is not None and failing.evalue >= failing.needed
+    assert failing.cs is not None
     lo, hi = failing.cs
-    assert 0.01 < lo < 0.3 < hi
+    assert lo is not None and hi is not None and 0.01 < lo < 0.3 < hi
     assert 'version="3.0.0"' in failing.query and 'status=~"5.."' in failing.query
     assert "30/100" in result.reason
     assert window["canary_error_rate"] == pytest.approx(0.3)
     assert stats["error_rate"]["cs"] == [lo, hi]
+    stored = MetricsSample(tuple(h), window, stats).to_dict()
+    assert stored["stats"]["error_rate"]["cs"] == [
+        pytest.approx(lo, rel=1e-5),
+        pytest.approx(hi, rel=1e-5),
+    ]
     assert float(stats["level"]) == 400
 
 
