@@ -24,11 +24,14 @@ from components.redis import Redis, RedisArgs
 
 def stack_values() -> dict[str, Any]:
     """Every ``portal:`` key of the stack (objects arrive JSON-encoded; ``parse_config`` decodes
-    them). Secret values are replaced by a marker: the model only records that they are set."""
+    them). Secret values are replaced by a marker: the model only records that they are set (an
+    empty one, the default Pulumi.yaml declares, means unset)."""
     config = {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
     prefix = f"{NAMESPACE}:"
     values = {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
-    return {key: "[secret]" if key in SECRET_KEYS else value for key, value in values.items()}
+    return {
+        key: "[secret]" if key in SECRET_KEYS and value else value for key, value in values.items()
+    }
 
 
 def load_config() -> StackConfig:
@@ -67,7 +70,7 @@ app_env = AppEnv(
         postgres.password,
         redis.host,
         redis.password,
-        sentry_dsn=pulumi.Config(NAMESPACE).get_secret("sentryDsn"),
+        sentry_dsn=pulumi.Config(NAMESPACE).get_secret("sentryDsn") if cfg.sentry_enabled else None,
     ),
 )
 migration = Migration(

@@ -996,10 +996,13 @@ def parse_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         raise ConfigError(
             f"{NAMESPACE}:app", None, "required: a mapping with at least image and version"
         )
-    environment = decoded.get("environment", stack)
+    # Empty reads as unset: it is the default Pulumi.yaml declares for an optional key, which the
+    # engine passes to the program when the stack leaves the key out (no default: the engine
+    # would require the key in every stack).
+    environment = _unless_empty(decoded.get("environment"), stack)
     if not isinstance(environment, str) or not _DNS_LABEL.match(environment):
         raise ConfigError(f"{NAMESPACE}:environment", environment, "expected a DNS label")
-    namespace = decoded.get("namespace", f"portal-{stack}")
+    namespace = _unless_empty(decoded.get("namespace"), f"portal-{stack}")
     if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
         raise ConfigError(
             f"{NAMESPACE}:namespace",
@@ -1030,8 +1033,12 @@ def parse_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         slo=_parse_slo(decoded.get("slo")),
         canary=_parse_canary(decoded.get("canary")),
         alerts=_parse_alerts(decoded.get("alerts")),
-        sentry_enabled="sentryDsn" in decoded,
+        sentry_enabled=dsn not in (None, ""),
     )
+
+
+def _unless_empty(value: Any, default: str) -> Any:
+    return default if value is None or value == "" else value
 
 
 def _decode(raw: Any) -> Any:

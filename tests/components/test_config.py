@@ -129,3 +129,20 @@ def test_a_bad_config_stops_the_program_before_any_resource_is_registered():
         run_program("prod", values, {})
     run = getattr(info.value, "run", None)
     assert run is None or not run.resources
+
+
+def test_every_optional_key_has_a_default_the_engine_applies_and_the_model_reads_as_unset():
+    """The engine requires every key Pulumi.yaml declares without a default, and passes the
+    default of one the stack leaves out: each optional key declares one that means "unset"."""
+    declared = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
+    required = {key for key, spec in declared.items() if "default" not in spec}
+    assert required == {"portal:app"}
+    minimal = {"app": BASE["app"]}
+    engine_defaults = {
+        key.removeprefix("portal:"): spec["default"]
+        for key, spec in declared.items()
+        if "default" in spec
+    }
+    assert parse_config({**engine_defaults, **minimal}, "qa") == parse_config(minimal, "qa")
+    unset = parse_config({**engine_defaults, **minimal}, "qa")
+    assert (unset.environment, unset.namespace, unset.sentry_enabled) == ("qa", "portal-qa", False)
