@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STACK ?= staging
 PYTEST_ARGS ?=
 
-.PHONY: deps test lint demo manifests bench lock clean local-down
+.PHONY: deps test lint demo manifests bench lock clean local-down toolchain
 
 deps:
 	@scripts/bootstrap.sh
@@ -24,6 +24,12 @@ demo: deps
 
 local-down: deps
 	$(BIN)/portalctl local down
+
+# The Pulumi engine and its providers, built from Go modules into ~/.cache/portal-toolchain (only
+# what is missing); prints the folder to put on PATH. The control plane's build joins this target
+# as one more line (its script caches the same way).
+toolchain:
+	@python3 scripts/toolchain.py build
 
 manifests: deps
 	$(BIN)/python -m components.render --stack $(STACK) --out manifests/$(STACK)
