@@ -17,16 +17,16 @@ wrapper files, the Go version and the build recipe) and the binaries of one set 
 linked into ``~/.cache/portal-toolchain/<hash of all of them>/bin``: put that folder on PATH.
 The engine finds the providers there (a plugin on PATH wins over the plugin cache and serves
 whatever version the SDK asks for, see ``versions``); ``offline_env`` also links each one into the
-plugin cache under the version it reports. ``offline_env`` is the environment for
-running without the network: file backend, passphrase secrets, no plugin downloads, no update
-check. Only the standard library and the ``go`` command are used, so plain ``python3`` runs this
-before any virtualenv exists; the tests import it as a module.
+plugin cache under the version it reports. ``offline_env`` is the environment for running
+without the network: file backend, passphrase secrets, no plugin downloads, no update check.
+Only the standard library and the ``go`` command are used, so plain ``python3`` runs this before
+any virtualenv exists; the tests import it as a module.
 
 The Python language host (module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
 and the random provider (github.com/pulumi/pulumi-random/provider/v4) are not served by the Go
 module proxy at any version (it answers 403 "This module version is not available"), so they are
 not parts yet; Python programs run on this engine through the Automation API's inline programs,
-whose language host is the Python SDK itself (see ``tests/pulumi/test_toolchain.py``).
+whose language host is the Python SDK itself (``tests/pulumi/inline.py``).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _kubernetes_schema(part: Part, src: Path, env: Mapping[str, str], log: Path)
         shutil.copyfile(cmd / name, src / name)
     shutil.copyfile(cmd / "generate.go", gen / "generate.go")
     _run_logged(
-        f"{part.name}: schema",
+        f"{part.name}: schema generator",
         ["go", "run", "./gen/generate.go"],
         src,
         {**env, "VERSION": part.version},
@@ -271,9 +271,8 @@ def _run_logged(
         for line in tail:
             print(f"  {line}", file=sys.stderr)
         raise ToolchainError(
-            f"{label} failed ({argv[0]} {argv[1]} exit {code}) after "
-            f"{_clock(time.monotonic() - started)}; its last output is above, "
-            f"the whole log in {log}"
+            f"{label} exited {code} after {_clock(time.monotonic() - started)}; "
+            f"its last output is above, the whole log in {log}"
         )
 
 
@@ -436,7 +435,6 @@ def _build_part(part: Part, go: str) -> tuple[Path, float]:
         shutil.copyfile(path, src / path.name)
     log = tmp / "build.log"
     env = _go_env()
-    label = f"{part.name} ({part.title})"
     try:
         t0 = time.monotonic()
         _run_logged(f"{part.name}: go mod download", ["go", "mod", "download"], src, env, log)
@@ -462,7 +460,7 @@ def _build_part(part: Part, go: str) -> tuple[Path, float]:
         if part.tags:
             argv += ["-tags", ",".join(part.tags)]
         argv += ["-ldflags", " ".join(ldflags), "-o", str(tmp / part.binary), part.package]
-        _run_logged(label, argv, src, env, log, total=total)
+        _run_logged(f"{part.name}: go build", argv, src, env, log, total=total)
     except ToolchainError as exc:
         raise ToolchainError(f"building {part.title} failed: {exc}") from exc
     seconds = time.monotonic() - started
