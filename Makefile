@@ -5,13 +5,19 @@ BIN := $(VENV)/bin
 STACK ?= staging
 PYTEST_ARGS ?=
 
-.PHONY: deps test lint demo manifests bench lock clean local-down toolchain
+.PHONY: deps test test-local lint demo manifests bench lock clean local-down toolchain \
+	cluster-build cluster-up cluster-down cluster-status
 
 deps:
 	@scripts/bootstrap.sh
 
+# Everything, the real-control-plane tests included (their binaries are built first if missing).
 test: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The inner loop: everything except the tests that need the control plane.
+test-local: deps
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check .
@@ -26,10 +32,24 @@ local-down: deps
 	$(BIN)/portalctl local down
 
 # The Pulumi engine and its providers, built from Go modules into ~/.cache/portal-toolchain (only
-# what is missing); prints the folder to put on PATH. The control plane's build joins this target
-# as one more line (its script caches the same way).
+# what is missing); prints the folder to put on PATH; then the Kubernetes control plane's binaries
+# (scripts/cluster.py, cached the same way).
 toolchain:
 	@python3 scripts/toolchain.py build
+	@python3 scripts/cluster.py build
+
+# A real Kubernetes control plane on loopback (built from Go modules, cached in ~/.cache).
+cluster-build:
+	@python3 scripts/cluster.py build
+
+cluster-up:
+	@python3 scripts/cluster.py up
+
+cluster-down:
+	@python3 scripts/cluster.py down
+
+cluster-status:
+	@python3 scripts/cluster.py status
 
 manifests: deps
 	$(BIN)/python -m components.render --stack $(STACK) --out manifests/$(STACK)

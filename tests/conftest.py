@@ -8,12 +8,15 @@ database / Redis db flushed); tests that stop or kill a server start their own t
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -29,6 +32,66 @@ from rollout.local.servers import (
 from rollout.local.stack import LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def cluster_script() -> ModuleType:
+    """``scripts/cluster.py`` (the control plane's build and start) imported as a module."""
+    name = "portal_cluster"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "cluster.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the control plane is marked ``cluster`` (``make test-local`` leaves
+    them out; ``make test`` runs them)."""
+    for item in items:
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the control plane's binaries before the first test when a selected test needs them
+    and they are missing: a first build takes longer than one test's timeout."""
+    if not any(item.get_closest_marker("cluster") for item in session.items):
+        return
+    script = cluster_script()
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        try:
+            script.build()
+        except script.ClusterError as exc:
+            raise pytest.UsageError(f"the control plane could not be built: {exc}") from exc
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler,
+    kwok with one node): the one ``make cluster-up`` started if it runs, else a private one
+    started here (built first if the binaries are missing) and stopped at the end of the session.
+    Yields the script's ``Cluster``: ``kubeconfig``, ``server``, ``token``, ``ca``, ``node``,
+    ``pod_cidr``, ``versions``, ``dir`` (logs under ``dir/logs``)."""
+    script = cluster_script()
+    shared = Path(os.environ.get("PORTAL_CLUSTER_DIR", script.DEFAULT_STATE))
+    running = script.status(shared.resolve())
+    if running is not None:
+        yield running
+        return
+    state = Path(tempfile.mkdtemp(prefix="portal-cluster-", dir="/tmp"))
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    # the first build takes minutes: show its progress instead of capturing it
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        cluster = script.up(state)
+    try:
+        yield cluster
+    finally:
+        script.down(state)
+        if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,409 @@
+"""The objects ``pulumi up`` creates for staging and prod, applied to a real API server.
+
+Each stack's rendered objects (``python -m components.render``, the same run as ``make
+manifests``) go to the real kube-apiserver with server-side apply, each stack in its own
+namespace; the real admission (PodSecurity ``restricted`` from the Namespace's own labels), the
+real controllers and scheduler, and kwok's node and pod stages then decide what happens to them.
+There is no storage provisioner: the test creates one PersistentVolume per claim, as an operator
+of a cluster without dynamic provisioning does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from tests.cluster.conftest import Applied, NotYet, server_side_apply, wait_for
+from tests.conftest import REPO
+
+STACKS = ("staging", "prod")
+TEST_LABEL = "portal.test/stack"
+
+
+@dataclass
+class Deployed:
+    stack: str
+    namespace: str
+    objects: list[dict[str, Any]]
+    applied: list[Applied]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+
+def render(stack: str, out: Path) -> list[dict[str, Any]]:
+    """The stack's objects in apply order, as ``make manifests`` writes them."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.render", "--stack", stack, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, f"render {stack} failed: {proc.stderr}"
+    return [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
+
+
+def volumes_for(deployed_objects: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
+    """One PersistentVolume per claim the StatefulSets will make, pre-bound to that claim."""
+    volumes = []
+    for sts in (o for o in deployed_objects if o["kind"] == "StatefulSet"):
+        namespace, name = sts["metadata"]["namespace"], sts["metadata"]["name"]
+        for template in sts["spec"].get("volumeClaimTemplates", []):
+            spec = template["spec"]
+            for ordinal in range(sts["spec"].get("replicas", 1)):
+                claim = f"{template['metadata']['name']}-{name}-{ordinal}"
+                volume = {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": f"{namespace}-{claim}", "labels": {TEST_LABEL: stack}},
+                    "spec": {
+                        "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                        "accessModes": spec["accessModes"],
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "claimRef": {"namespace": namespace, "name": claim},
+                        "hostPath": {"path": f"/var/lib/portal-volumes/{namespace}/{claim}"},
+                    },
+                }
+                if spec.get("storageClassName"):
+                    volume["spec"]["storageClassName"] = spec["storageClassName"]
+                volumes.append(volume)
+    return volumes
+
+
+def remove_previous(core: client.CoreV1Api, namespace: str, stack: str) -> None:
+    """A cluster reused from ``make cluster-up`` may hold an earlier run's stack: start clean."""
+    try:
+        core.delete_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    else:
+
+        def gone() -> bool:
+            try:
+                core.read_namespace(namespace)
+            except ApiException as exc:
+                return bool(exc.status == 404)
+            return False
+
+        wait_for(f"namespace {namespace} deleted", gone)
+    selector = f"{TEST_LABEL}={stack}"
+    core.delete_collection_persistent_volume(label_selector=selector)
+    wait_for(
+        f"the {stack} test volumes deleted",
+        lambda: not core.list_persistent_volume(label_selector=selector).items,
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    control_plane: Any, kube: client.ApiClient, dynamic: DynamicClient, tmp_path_factory
+) -> dict[str, Deployed]:
+    """Both stacks applied (each object once, in the rendered order) and converged."""
+    core = client.CoreV1Api(kube)
+    result = {}
+    for stack in STACKS:
+        objects = render(stack, tmp_path_factory.mktemp(f"manifests-{stack}"))
+        namespace = next(o for o in objects if o["kind"] == "Namespace")["metadata"]["name"]
+        remove_previous(core, namespace, stack)
+        for volume in volumes_for(objects, stack):
+            core.create_persistent_volume(volume)
+        applied = [server_side_apply(dynamic, obj) for obj in objects]
+        result[stack] = Deployed(stack, namespace, objects, applied)
+    for stack in STACKS:
+        wait_converged(kube, result[stack])
+    return result
+
+
+def _condition(obj: Any, kind: str) -> str | None:
+    for condition in (obj.status.conditions or []) if obj.status else []:
+        if condition.type == kind:
+            return str(condition.status)
+    return None
+
+
+def wait_converged(kube: client.ApiClient, deployed: Deployed) -> None:
+    apps, batch = client.AppsV1Api(kube), client.BatchV1Api(kube)
+    ns = deployed.namespace
+    for obj in deployed.of_kind("Deployment"):
+        name = obj["metadata"]["name"]
+
+        def deployment_done(name: str = name) -> str | None:
+            d = apps.read_namespaced_deployment(name, ns)
+            want = d.spec.replicas or 0
+            s = d.status
+            done = (
+                s.observed_generation == d.metadata.generation
+                and (s.updated_replicas or 0) == want
+                and (s.ready_replicas or 0) == want
+                and (s.available_replicas or 0) == want
+                and _condition(d, "Available") == "True"
+            )
+            return "done" if done else NotYet(f"{want} wanted; status {s.to_dict()}")
+
+        wait_for(f"{ns}/deployment {name} available", deployment_done)
+    for obj in deployed.of_kind("StatefulSet"):
+        name = obj["metadata"]["name"]
+
+        def statefulset_done(name: str = name) -> str | None:
+            s = apps.read_namespaced_stateful_set(name, ns)
+            want = s.spec.replicas or 0
+            st = s.status
+            done = (
+                st.observed_generation == s.metadata.generation
+                and (st.ready_replicas or 0) == want
+                and (st.available_replicas or 0) == want
+                and st.current_revision == st.update_revision
+            )
+            return "done" if done else NotYet(f"{want} wanted; status {st.to_dict()}")
+
+        wait_for(f"{ns}/statefulset {name} ready", statefulset_done)
+    for obj in deployed.of_kind("Job"):
+        name = obj["metadata"]["name"]
+
+        def job_done(name: str = name) -> str | None:
+            job = batch.read_namespaced_job(name, ns)
+            done = _condition(job, "Complete") == "True"
+            return "done" if done else NotYet(f"status {job.status.to_dict()}")
+
+        wait_for(f"{ns}/job {name} complete", job_done)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_namespace_enforces_the_restricted_pod_security_standard(deployed, kube, stack):
+    namespace = client.CoreV1Api(kube).read_namespace(deployed[stack].namespace)
+    labels = namespace.metadata.labels
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_object_is_accepted_without_warnings(deployed, stack):
+    """PodSecurity ``warn`` and API deprecations arrive as warnings on the apply."""
+    warned = {
+        f"{a.obj['kind']}/{a.obj['metadata']['name']}": a.warnings
+        for a in deployed[stack].applied
+        if a.warnings
+    }
+    assert warned == {}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_restricted_admission_admits_every_pod(deployed, kube, stack):
+    """Every workload has all its pods, created by its controller through the real PodSecurity
+    admission, and no controller reported a refused pod."""
+    ns = deployed[stack].namespace
+    core = client.CoreV1Api(kube)
+    refused = [
+        f"{e.involved_object.kind}/{e.involved_object.name}: {e.message}"
+        for e in core.list_namespaced_event(ns).items
+        if e.reason == "FailedCreate"
+    ]
+    assert refused == []
+    pods = core.list_namespaced_pod(ns).items
+    for kind in ("Deployment", "StatefulSet"):
+        for obj in deployed[stack].of_kind(kind):
+            selector = obj["spec"]["selector"]["matchLabels"]
+            mine = [
+                p
+                for p in pods
+                if all((p.metadata.labels or {}).get(k) == v for k, v in selector.items())
+                and p.status.phase == "Running"
+            ]
+            assert len(mine) == obj["spec"].get("replicas", 1), f"{kind}/{obj['metadata']['name']}"
+    migration = [p for p in pods if p.metadata.labels.get("job-name")]
+    assert migration, "the migration Job created no pod"
+    assert {p.status.phase for p in migration} == {"Succeeded"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_statefulset_claims_bind_to_the_provided_volumes(deployed, kube, stack):
+    ns = deployed[stack].namespace
+    claims = client.CoreV1Api(kube).list_namespaced_persistent_volume_claim(ns).items
+    expected = {v["spec"]["claimRef"]["name"] for v in volumes_for(deployed[stack].objects, stack)}
+    assert expected, "the stack has no StatefulSet claims to bind"
+    assert {c.metadata.name: c.status.phase for c in claims} == dict.fromkeys(expected, "Bound")
+    for claim in claims:
+        assert claim.spec.volume_name == f"{ns}-{claim.metadata.name}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_deployments_and_statefulsets_report_available(deployed, kube, stack):
+    apps = client.AppsV1Api(kube)
+    ns = deployed[stack].namespace
+    for obj in deployed[stack].of_kind("Deployment"):
+        d = apps.read_namespaced_deployment(obj["metadata"]["name"], ns)
+        assert _condition(d, "Available") == "True", obj["metadata"]["name"]
+        assert (d.status.available_replicas or 0) == obj["spec"].get("replicas", 1)
+    for obj in deployed[stack].of_kind("StatefulSet"):
+        s = apps.read_namespaced_stateful_set(obj["metadata"]["name"], ns)
+        assert s.status.available_replicas == obj["spec"].get("replicas", 1)
+    stable = apps.read_namespaced_deployment("portal-stable", ns)
+    assert (stable.status.available_replicas or 0) >= 2
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_migration_job_completes(deployed, kube, stack):
+    batch = client.BatchV1Api(kube)
+    (job,) = deployed[stack].of_kind("Job")
+    live = batch.read_namespaced_job(job["metadata"]["name"], deployed[stack].namespace)
+    assert _condition(live, "Complete") == "True"
+    assert live.status.succeeded == 1
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_services_have_endpoints_at_the_ready_pods(deployed, kube, control_plane, stack):
+    """Each Service's EndpointSlices list exactly its ready pods' IPs (from the node's pod CIDR)
+    with the named target ports resolved; the canary Service (no canary pods) lists none."""
+    ns = deployed[stack].namespace
+    core, discovery = client.CoreV1Api(kube), client.DiscoveryV1Api(kube)
+    pods = core.list_namespaced_pod(ns).items
+    cidr = ipaddress.ip_network(control_plane.pod_cidr)
+    for svc in deployed[stack].of_kind("Service"):
+        name, selector = svc["metadata"]["name"], svc["spec"]["selector"]
+        ready: set[str] = {
+            str(p.status.pod_ip)
+            for p in pods
+            if all((p.metadata.labels or {}).get(k) == v for k, v in selector.items())
+            and _condition(p, "Ready") == "True"
+        }
+        assert all(ipaddress.ip_address(ip) in cidr for ip in ready), ready
+
+        def listed(name: str = name, ready: set[str] = ready) -> set[str] | NotYet:
+            slices = discovery.list_namespaced_endpoint_slice(
+                ns, label_selector=f"kubernetes.io/service-name={name}"
+            ).items
+            addresses = {
+                a
+                for s in slices
+                for e in s.endpoints or []
+                if e.conditions.ready
+                for a in e.addresses
+            }
+            ports = all(s.ports for s in slices if s.endpoints)
+            return addresses if addresses == ready and ports else NotYet(f"listed {addresses}")
+
+        if name.endswith("-canary"):
+            assert ready == set(), "the canary Service selects pods before any release"
+            continue
+        assert ready, f"service {name} selects no ready pod"
+        wait_for(f"{ns}/service {name} endpoints at {sorted(ready)}", listed, timeout=60)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_second_apply_changes_nothing(deployed, kube, dynamic, stack):
+    """Applying the same objects again writes nothing: every object keeps its resourceVersion,
+    except status the controllers keep writing, where the generation (spec) stays the same."""
+    status_writers = {
+        "Deployment",
+        "StatefulSet",
+        "Job",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    for obj in deployed[stack].objects:
+        resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        meta = obj["metadata"]
+        before = resource.get(name=meta["name"], namespace=meta.get("namespace")).to_dict()
+        after = server_side_apply(dynamic, obj).obj
+        what = f"{obj['kind']}/{meta['name']}"
+        if obj["kind"] in status_writers:
+            assert after["metadata"].get("generation") == before["metadata"].get("generation"), (
+                f"{what} spec changed by a second apply"
+            )
+        else:
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
+                f"{what} rewritten by a second apply"
+            )
+
+
+VIOLATING_CONTAINER = {
+    "name": "shell",
+    "image": "busybox:1.36",
+    "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN"]}},
+}
+VIOLATIONS = (
+    "host namespaces (hostNetwork=true)",
+    'unrestricted capabilities (container "shell" must set securityContext.capabilities.drop',
+    'must not include "NET_ADMIN" in securityContext.capabilities.add',
+    'runAsUser=0 (container "shell" must not set runAsUser=0)',
+    "allowPrivilegeEscalation != false",
+    "runAsNonRoot != true",
+    "seccompProfile",
+)
+
+
+def test_restricted_admission_refuses_a_root_pod_on_the_host_network(deployed, kube):
+    """A pod that breaks ``restricted`` is refused by the real admission, which names each
+    violation."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "violates-restricted"},
+        "spec": {"hostNetwork": True, "containers": [VIOLATING_CONTAINER]},
+    }
+    core = client.CoreV1Api(kube)
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(deployed["staging"].namespace, pod)
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert 'violates PodSecurity "restricted:latest"' in message
+    for violation in VIOLATIONS:
+        assert violation in message, f"{violation!r} not named in: {message}"
+
+
+def test_a_violating_workload_is_warned_on_apply_and_its_pods_refused(deployed, kube, dynamic):
+    """The checks above can fail: a Deployment whose template breaks ``restricted`` is accepted
+    with a PodSecurity warning, and its ReplicaSet reports the refused pods."""
+    ns = deployed["staging"].namespace
+    labels = {"app.kubernetes.io/name": "violates-restricted"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "violates-restricted", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"hostNetwork": True, "containers": [VIOLATING_CONTAINER]},
+            },
+        },
+    }
+    try:
+        applied = server_side_apply(dynamic, deployment)
+        assert any("would violate PodSecurity" in w for w in applied.warnings), applied.warnings
+        core = client.CoreV1Api(kube)
+
+        def refused() -> str | None:
+            events = core.list_namespaced_event(ns).items
+            return next(
+                (
+                    str(e.message)
+                    for e in events
+                    if e.reason == "FailedCreate"
+                    and e.involved_object.name.startswith("violates-restricted")
+                ),
+                NotYet(f"{len(events)} events"),
+            )
+
+        message = wait_for("a FailedCreate event for the violating pods", refused, timeout=60)
+        assert 'violates PodSecurity "restricted:latest"' in message
+        assert not [
+            p
+            for p in core.list_namespaced_pod(ns).items
+            if p.metadata.name.startswith("violates-restricted")
+        ]
+    finally:
+        client.AppsV1Api(kube).delete_namespaced_deployment("violates-restricted", ns)
