@@ -656,9 +656,23 @@ def _wait(what: str, check: Callable[[], bool], log: Path | None, pid: int | Non
         if check():
             return
         if pid is not None and not _our_process(pid, state):
-            raise ClusterError(f"{what} exited while starting; {_tail(log)}")
+            raise ClusterError(f"{what} {_how_it_ended(pid)} while starting; {_tail(log)}")
         time.sleep(0.2)
     raise ClusterError(f"{what} not ready after {timeout:.0f}s; {_tail(log)}")
+
+
+# The processes this process started, so a failed start can say how a component ended.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _how_it_ended(pid: int) -> str:
+    proc = _CHILDREN.get(pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return "stopped"
+    if code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
 
 
 def _tail(log: Path | None, lines: int = 8) -> str:
@@ -689,6 +703,7 @@ def _start(state: Path, name: str, argv: list[str]) -> Component:
             argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             cwd=state, start_new_session=True,
         )  # fmt: skip
+    _CHILDREN[proc.pid] = proc
     return Component(name, proc.pid, str(log))
 
 

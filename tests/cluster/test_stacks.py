@@ -407,3 +407,106 @@ def test_a_violating_workload_is_warned_on_apply_and_its_pods_refused(deployed, 
         ]
     finally:
         client.AppsV1Api(kube).delete_namespaced_deployment("violates-restricted", ns)
+
+
+# What each program that reads the API lists and watches, from the stack's own configuration:
+# Prometheus from its kubernetes_sd_configs, kube-state-metrics from its --resources flag.
+SD_ROLE_RESOURCES = {
+    "pod": ("", "pods"),
+    "service": ("", "services"),
+    "endpoints": ("", "endpoints"),
+    "endpointslice": ("discovery.k8s.io", "endpointslices"),
+    "node": ("", "nodes"),
+    "ingress": ("networking.k8s.io", "ingresses"),
+}
+KSM_RESOURCES = {
+    "pods": ("", "pods"),
+    "deployments": ("apps", "deployments"),
+    "replicasets": ("apps", "replicasets"),
+    "statefulsets": ("apps", "statefulsets"),
+    "jobs": ("batch", "jobs"),
+    "services": ("", "services"),
+    "configmaps": ("", "configmaps"),
+    "secrets": ("", "secrets"),
+    "horizontalpodautoscalers": ("autoscaling", "horizontalpodautoscalers"),
+    "poddisruptionbudgets": ("policy", "poddisruptionbudgets"),
+    "persistentvolumeclaims": ("", "persistentvolumeclaims"),
+}
+
+
+def api_reads(deployed: Deployed) -> dict[str, set[tuple[str, str, str]]]:
+    """Workload name -> the (group, resource, namespace) it lists and watches."""
+    needs: dict[str, set[tuple[str, str, str]]] = {}
+    config_map = next(
+        o for o in deployed.of_kind("ConfigMap") if "prometheus.yml" in o.get("data", {})
+    )
+    prometheus = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    for job in prometheus["scrape_configs"]:
+        for sd in job.get("kubernetes_sd_configs", []):
+            group, resource = SD_ROLE_RESOURCES[sd["role"]]
+            for namespace in sd.get("namespaces", {}).get("names", [deployed.namespace]):
+                needs.setdefault("prometheus", set()).add((group, resource, namespace))
+    for obj in deployed.of_kind("Deployment"):
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            flags = dict(
+                a.removeprefix("--").split("=", 1) for a in container.get("args", []) if "=" in a
+            )
+            if "resources" in flags:
+                for name in flags["resources"].split(","):
+                    group, resource = KSM_RESOURCES[name]
+                    for namespace in flags.get("namespaces", deployed.namespace).split(","):
+                        needs.setdefault(obj["metadata"]["name"], set()).add(
+                            (group, resource, namespace)
+                        )
+    return needs
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_programs_that_read_the_api_hold_a_token_and_the_rbac_they_need(deployed, kube, stack):
+    """Prometheus's pod discovery and kube-state-metrics run under the stack's ServiceAccounts:
+    the admitted pod carries the account's token, and the real RBAC authorizer allows every
+    list and watch their configuration implies (and no write)."""
+    ns = deployed[stack].namespace
+    core, authz = client.CoreV1Api(kube), client.AuthorizationV1Api(kube)
+    needs = api_reads(deployed[stack])
+    assert set(needs) == {"prometheus", "kube-state-metrics"}, needs
+    pods = core.list_namespaced_pod(ns).items
+
+    def allowed(account: str, verb: str, group: str, resource: str, namespace: str) -> bool:
+        review = authz.create_subject_access_review(
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": f"system:serviceaccount:{ns}:{account}",
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}"],
+                    "resourceAttributes": {
+                        "verb": verb,
+                        "group": group,
+                        "resource": resource,
+                        "namespace": namespace,
+                    },
+                },
+            }
+        )
+        return bool(review.status.allowed)
+
+    for workload, reads in needs.items():
+        pod = next(
+            p for p in pods if (p.metadata.labels or {}).get("app.kubernetes.io/name") == workload
+        )
+        account = pod.spec.service_account_name
+        assert account == workload, f"{workload} runs as {account}"
+        mounts = {m.mount_path for c in pod.spec.containers for m in c.volume_mounts or []}
+        assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts, (
+            f"{workload}: no service account token mounted"
+        )
+
+        for group, resource, namespace in sorted(reads):
+            for verb in ("list", "watch"):
+                assert allowed(account, verb, group, resource, namespace), (
+                    f"{workload} may not {verb} {resource} in {namespace}"
+                )
+            assert not allowed(account, "delete", group, resource, namespace), (
+                f"{workload} may delete {resource}"
+            )
