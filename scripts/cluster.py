@@ -549,9 +549,18 @@ class Cluster:
         return [c.name for c in self.components if not _our_process(c.pid, self.state)]
 
 
+# The processes this process started, so a failed start can say how a component ended.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _our_process(pid: int, state: Path) -> bool:
     """True if ``pid`` runs and is one of ours (its command line names our state directory), so a
     reused pid is never signalled."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        # started by this process: ask it directly (right after the fork the new program's
+        # command line can still read empty)
+        return child.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -659,10 +668,6 @@ def _wait(what: str, check: Callable[[], bool], log: Path | None, pid: int | Non
             raise ClusterError(f"{what} {_how_it_ended(pid)} while starting; {_tail(log)}")
         time.sleep(0.2)
     raise ClusterError(f"{what} not ready after {timeout:.0f}s; {_tail(log)}")
-
-
-# The processes this process started, so a failed start can say how a component ended.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _how_it_ended(pid: int) -> str:
