@@ -95,6 +95,16 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def kube(control_plane: Any) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` with the control plane's admin kubeconfig."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=control_plane.kubeconfig)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
 def server_root() -> Iterator[Path]:
     """A world-traversable directory for server data (PostgreSQL runs as the postgres user)."""
     root = Path(tempfile.mkdtemp(prefix="portal-test-", dir="/tmp"))

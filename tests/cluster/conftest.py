@@ -1,28 +1,22 @@
-"""Clients and helpers for tests against the real control plane (``control_plane`` fixture)."""
+"""Helpers for tests against the real control plane (the ``control_plane`` and ``kube`` fixtures
+live in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 T = TypeVar("T")
 
 FIELD_MANAGER = "portal-tests"
-
-
-@pytest.fixture(scope="session")
-def kube(control_plane: Any) -> Iterator[client.ApiClient]:
-    """An API client with the admin kubeconfig the cluster script wrote."""
-    api = config.new_client_from_config(config_file=control_plane.kubeconfig)
-    yield api
-    api.close()
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +58,6 @@ def server_side_apply(
         api.response_deserialize(response, {})  # raises ApiException with the server's message
     headers = response.getheaders()
     warnings = headers.getlist("Warning") if hasattr(headers, "getlist") else []
-    import json
-
     return Applied(json.loads(response.data), [str(w) for w in warnings])
 
 
