@@ -48,10 +48,14 @@ def cluster_script() -> ModuleType:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that needs the control plane is marked ``cluster`` (``make test-local`` leaves
-    them out; ``make test`` runs them)."""
+    them out; ``make test`` runs them) and runs after the others, so the control plane is up only
+    at the end of a session, not beside the timing-sensitive local release tests."""
     for item in items:
         if "control_plane" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+    items[:] = [i for i in items if not i.get_closest_marker("cluster")] + [
+        i for i in items if i.get_closest_marker("cluster")
+    ]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
