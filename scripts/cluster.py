@@ -383,7 +383,8 @@ def build(force: bool = False) -> Build:
     if result.complete() and not force:
         return result
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    with _locked(CACHE_ROOT / f"{root.name}.lock"):
+    lock = CACHE_ROOT / f"{root.name}.lock"
+    with _locked(lock, f"waiting for another process building the same pins ({lock})"):
         if result.complete() and not force:
             return result  # another process built it while we waited
         started = time.monotonic()
@@ -428,10 +429,15 @@ def build(force: bool = False) -> Build:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, waiting: str | None = None) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                say(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
