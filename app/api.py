@@ -7,7 +7,7 @@ import json
 import random
 import re
 import secrets
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -31,9 +31,7 @@ from app.cache import (
 )
 from app.db import Query
 from app.errors import CacheUnavailable, FaultInjected
-
-if TYPE_CHECKING:
-    from app.main import Runtime
+from app.runtime import Runtime
 
 MAX_ID = 2**63 - 1
 MAX_PAGE = 100_000

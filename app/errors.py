@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,9 +12,7 @@ from starlette.exceptions import HTTPException
 
 from app.cache import PatternError
 from app.db import DatabaseUnavailable
-
-if TYPE_CHECKING:
-    from app.main import Runtime
+from app.runtime import Runtime
 
 log = logging.getLogger("app.http")
 

@@ -9,7 +9,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,22 +20,10 @@ from app.db import Database
 from app.health import RequestStats
 from app.metrics import Metrics
 from app.middleware import PortalMiddleware
+from app.runtime import Runtime
 from app.settings import Settings
 
 log = logging.getLogger("app")
-
-
-@dataclass
-class Runtime:
-    """Everything one app instance owns."""
-
-    settings: Settings
-    metrics: Metrics
-    db: Database
-    cache: Cache
-    stats: RequestStats
-    sentry: telemetry.SentrySwitch
-    tracer_provider: Any | None
 
 
 def create_app(settings: Settings | None = None, *, tracer_provider: Any | None = None) -> FastAPI:

@@ -12,14 +12,12 @@ import json
 import logging
 import time
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context
-
-if TYPE_CHECKING:
-    from app.main import Runtime
+from app.runtime import Runtime
 
 log = logging.getLogger("app.http")
 
