@@ -7,10 +7,11 @@ import json
 import random
 import re
 import secrets
+from enum import Enum
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response, params
 from fastapi import Query as Param
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -32,6 +33,7 @@ from app.cache import (
 from app.db import Query
 from app.errors import CacheUnavailable, FaultInjected
 from app.runtime import Runtime
+from app.settings import Faults
 
 MAX_ID = 2**63 - 1
 MAX_PAGE = 100_000
@@ -110,65 +112,75 @@ def _json(body: bytes, status: int = 200) -> Response:
 
 
 async def body_limit(request: Request) -> None:
-    """Refuse bodies over MAX_BODY_BYTES (no route of this API takes more)."""
+    """Refuse bodies over MAX_BODY_BYTES (no route of this API takes more): a dependency of
+    the routes that read a body."""
     length = request.headers.get("content-length", "0")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise HTTPException(413, f"the body may be at most {MAX_BODY_BYTES} bytes")
 
 
-def build_routers(rt: Runtime) -> list[APIRouter]:
-    settings = rt.settings
-    faults = settings.faults
-    db, cache = rt.db, rt.cache
+def add_routes(app: FastAPI, rt: Runtime) -> None:
+    """Declare every route on the app itself, business routes first (the busiest are matched
+    first). Routes of an included ``APIRouter`` cost a second route match on every request."""
+    faults = _fault_switch(rt.settings.faults)
+    _user_routes(app, rt, faults)
+    _catalogue_routes(app, rt, faults)
+    _update_route(app, rt, faults)
+    _operations_routes(app, rt)
+    _probe_routes(app, rt)
+
+
+def _fault_switch(faults: Faults) -> list[params.Depends]:
+    """The drill fault switch as a dependency of the business routes, when any is set (see
+    app/README.md); otherwise nothing, so a request pays nothing for it."""
+    if not (faults.error_rate or (faults.latency_ms and faults.latency_rate)):
+        return []
 
     async def fault_switch() -> None:
-        """The drill fault switch: off unless PORTAL_FAULT_* is set (see app/README.md)."""
         if faults.latency_ms and faults.latency_rate and random.random() < faults.latency_rate:
             await asyncio.sleep(faults.latency_ms / 1000)
         if faults.error_rate and random.random() < faults.error_rate:
             raise FaultInjected("injected fault (PORTAL_FAULT_ERROR_RATE)")
 
-    async def cached(
-        key: str, cache_class: CacheClass, query: Query, params: Any, tags: tuple[str, ...]
-    ) -> bytes | None:
-        async def compute() -> bytes | None:
-            row = await db.run(query, params)
-            return row[0].encode() if row and row[0] is not None else None
+    return [Depends(fault_switch)]
 
-        body, hit = await cache.get_or_compute(key, cache_class, compute, tags)
-        ctx = context.current()
-        if ctx is not None:
-            ctx.cache_hit = hit
-        return body
 
-    def not_found(user_id: int) -> HTTPException:
-        return HTTPException(404, f"user {user_id} does not exist")
+async def _cached(
+    rt: Runtime,
+    key: str,
+    cache_class: CacheClass,
+    query: Query,
+    params: Any,
+    tags: tuple[str, ...],
+) -> bytes | None:
+    """The JSON body ``query`` builds, from the cache when it holds it; notes a hit on the
+    request (``X-Cache-Hit``)."""
 
-    api = APIRouter(
-        prefix="/api", dependencies=[Depends(fault_switch), Depends(body_limit)], tags=["portal"]
-    )
+    async def compute() -> bytes | None:
+        row = await rt.db.run(query, params)
+        return row[0].encode() if row and row[0] is not None else None
 
-    @api.get("/users", summary="A page of users, by id")
-    async def list_users(
-        page: Annotated[int, Param(ge=1, le=MAX_PAGE)] = 1,
-        per_page: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
-    ) -> Response:
-        params = {"limit": per_page, "offset": (page - 1) * per_page, "page": page}
-        body = await cached(
-            users_list_key(page, per_page), "short", queries.USERS_PAGE, params, (USERS_LIST_TAG,)
-        )
-        assert body is not None
-        return _json(body)
+    body, hit = await rt.cache.get_or_compute(key, cache_class, compute, tags)
+    ctx = context.current()
+    if ctx is not None:
+        ctx.cache_hit = hit
+    return body
 
-    @api.get("/users/{user_id}", summary="One user")
-    async def get_user(user_id: UserId) -> Response:
-        row = await db.run(queries.USER, (user_id,))
-        if not row:
-            raise not_found(user_id)
-        return _json(row[0].encode())
 
-    @api.get(
-        "/users/{user_id}/dashboard",
+def _not_found(user_id: int) -> HTTPException:
+    return HTTPException(404, f"user {user_id} does not exist")
+
+
+BUSINESS: list[str | Enum] = ["portal"]
+
+
+def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
+    db, faults, tags = rt.db, rt.settings.faults, BUSINESS
+
+    @app.get(
+        "/api/users/{user_id}/dashboard",
+        tags=tags,
+        dependencies=deps,
         summary="User, profile, active subscriptions and unexpired tokens, in one query",
     )
     async def dashboard(user_id: UserId) -> Response:
@@ -177,7 +189,8 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
             row = await db.run(queries.DASHBOARD_WITH_SLEEP, (faults.db_sleep_ms / 1000, user_id))
             body = row[0].encode() if row else None
         else:
-            body = await cached(
+            body = await _cached(
+                rt,
                 dashboard_key(user_id),
                 "medium",
                 queries.DASHBOARD,
@@ -185,11 +198,76 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
                 (user_tag(user_id),),
             )
         if body is None:
-            raise not_found(user_id)
+            raise _not_found(user_id)
         return _json(body)
 
-    @api.patch(
-        "/users/{user_id}",
+    @app.get("/api/users", tags=tags, dependencies=deps, summary="A page of users, by id")
+    async def list_users(
+        page: Annotated[int, Param(ge=1, le=MAX_PAGE)] = 1,
+        per_page: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
+    ) -> Response:
+        params = {"limit": per_page, "offset": (page - 1) * per_page, "page": page}
+        body = await _cached(
+            rt,
+            users_list_key(page, per_page),
+            "short",
+            queries.USERS_PAGE,
+            params,
+            (USERS_LIST_TAG,),
+        )
+        assert body is not None
+        return _json(body)
+
+    @app.get("/api/users/{user_id}", tags=tags, dependencies=deps, summary="One user")
+    async def get_user(user_id: UserId) -> Response:
+        row = await db.run(queries.USER, (user_id,))
+        if not row:
+            raise _not_found(user_id)
+        return _json(row[0].encode())
+
+    @app.get(
+        "/api/users/{user_id}/activity",
+        tags=tags,
+        dependencies=deps,
+        summary="The user's latest activity",
+    )
+    async def activity(
+        user_id: UserId, limit: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20
+    ) -> Response:
+        row = await db.run(queries.USER_ACTIVITY, {"id": user_id, "limit": limit})
+        if not row or row[0] is None:
+            raise _not_found(user_id)
+        return _json(row[0].encode())
+
+
+def _catalogue_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
+    tags = BUSINESS
+
+    @app.get("/api/plans", tags=tags, dependencies=deps, summary="The plan catalogue")
+    async def plans() -> Response:
+        body = await _cached(rt, PLANS_KEY, "long", queries.PLANS, None, (PLANS_TAG,))
+        assert body is not None
+        return _json(body)
+
+    @app.get(
+        "/api/admin/stats",
+        tags=tags,
+        dependencies=deps,
+        summary="Aggregates over users, subscriptions, tokens, activity",
+    )
+    async def admin_stats() -> Response:
+        body = await _cached(rt, ADMIN_STATS_KEY, "medium", queries.ADMIN_STATS, None, (ADMIN_TAG,))
+        assert body is not None
+        return _json(body)
+
+
+def _update_route(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
+    db, tags = rt.db, BUSINESS
+
+    @app.patch(
+        "/api/users/{user_id}",
+        tags=tags,
+        dependencies=[*deps, Depends(body_limit)],
         summary="Change name, email or status; invalidates the user's cache entries",
     )
     async def update_user(user_id: UserId, update: UserUpdate) -> Response:
@@ -206,35 +284,16 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
         except psycopg.errors.UniqueViolation:
             raise HTTPException(409, f"email {update.email} belongs to another user") from None
         if not row:
-            raise not_found(user_id)
-        await cache.invalidate((user_tag(user_id), USERS_LIST_TAG, ADMIN_TAG))
+            raise _not_found(user_id)
+        await rt.cache.invalidate((user_tag(user_id), USERS_LIST_TAG, ADMIN_TAG))
         return _json(row[0].encode())
 
-    @api.get("/users/{user_id}/activity", summary="The user's latest activity")
-    async def activity(
-        user_id: UserId,
-        limit: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
-    ) -> Response:
-        row = await db.run(queries.USER_ACTIVITY, {"id": user_id, "limit": limit})
-        if not row or row[0] is None:
-            raise not_found(user_id)
-        return _json(row[0].encode())
 
-    @api.get("/plans", summary="The plan catalogue")
-    async def plans() -> Response:
-        body = await cached(PLANS_KEY, "long", queries.PLANS, None, (PLANS_TAG,))
-        assert body is not None
-        return _json(body)
-
-    @api.get("/admin/stats", summary="Aggregates over users, subscriptions, tokens, activity")
-    async def admin_stats() -> Response:
-        body = await cached(ADMIN_STATS_KEY, "medium", queries.ADMIN_STATS, None, (ADMIN_TAG,))
-        assert body is not None
-        return _json(body)
-
-    # Operational endpoints: guarded by PORTAL_ADMIN_TOKEN, never subject to faults (the
-    # runbooks use them during incidents and drills).
-    ops = APIRouter(prefix="/api/admin", dependencies=[Depends(body_limit)], tags=["operations"])
+def _operations_routes(app: FastAPI, rt: Runtime) -> None:
+    """Guarded by PORTAL_ADMIN_TOKEN, never subject to faults (the runbooks use them during
+    incidents and drills)."""
+    settings, cache = rt.settings, rt.cache
+    tags: list[str | Enum] = ["operations"]
 
     def require_admin(request: Request) -> None:
         token = settings.admin_token
@@ -244,9 +303,12 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
         if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HTTPException(403, "send the admin token as `Authorization: Bearer <token>`")
 
-    @ops.post(
-        "/cache/flush",
-        dependencies=[Depends(require_admin)],
+    guarded = [Depends(body_limit), Depends(require_admin)]
+
+    @app.post(
+        "/api/admin/cache/flush",
+        tags=tags,
+        dependencies=guarded,
         summary='Delete cache keys matching a glob, e.g. {"pattern": "user:*"}',
     )
     async def flush(body: FlushRequest) -> JSONResponse:
@@ -258,33 +320,36 @@ def build_routers(rt: Runtime) -> list[APIRouter]:
             raise CacheUnavailable(f"Redis failed during the flush: {exc}") from exc
         return JSONResponse({"deleted": deleted, "pattern": body.pattern, "backend": cache.backend})
 
-    @ops.post(
-        "/sentry",
-        dependencies=[Depends(require_admin)],
+    @app.post(
+        "/api/admin/sentry",
+        tags=tags,
+        dependencies=guarded,
         summary="Switch Sentry error reporting on or off at runtime",
     )
     async def sentry(body: SentryRequest) -> JSONResponse:
         rt.sentry.set_enabled(body.enabled)
         return JSONResponse(rt.sentry.state())
 
-    probes = APIRouter(tags=["health"])
 
-    @probes.get("/api/health", summary="Liveness: answers without touching any dependency")
+def _probe_routes(app: FastAPI, rt: Runtime) -> None:
+    settings, db, cache = rt.settings, rt.db, rt.cache
+    tags: list[str | Enum] = ["health"]
+
+    @app.get("/api/health", tags=tags, summary="Liveness: answers without touching any dependency")
     async def liveness() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": settings.version, "track": settings.track})
 
-    @probes.get(
+    @app.get(
         "/api/health/advanced",
+        tags=tags,
         summary="Readiness: database, cache and memory checks; 503 when unhealthy",
     )
     async def readiness() -> JSONResponse:
         status, body = await health.advanced(db, cache, rt.stats, settings.version, settings.track)
         return JSONResponse(body, status_code=status)
 
-    @probes.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    @app.get("/metrics", tags=tags, summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
         rt.metrics.set_connections("db_pool", db.connections_in_use())
         rt.metrics.set_connections("redis", cache.connections_in_use())
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return [probes, api, ops]

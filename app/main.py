@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import errors, telemetry
-from app.api import build_routers
+from app.api import add_routes
 from app.cache import Cache
 from app.db import Database
 from app.health import RequestStats
@@ -70,11 +70,13 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        # Tracing is set up below; FastAPI's own would otherwise look for global OpenTelemetry
+        # providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     errors.install(app, runtime)
-    for router in build_routers(runtime):
-        app.include_router(router)
+    add_routes(app, runtime)
     if settings.instrumentation:
         app.add_middleware(PortalMiddleware, runtime=runtime)
     else:
