@@ -1,4 +1,5 @@
-"""What one request has done so far: queries run, cache hits. Read by the response headers."""
+"""What one request is and has done so far: queries run, cache hits. Read by the response
+headers, the request statistics and tracing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ class RequestContext:
     statements: dict[str, int] = field(default_factory=dict)
     """How often each named statement ran in this request (N+1 detection)."""
     n_plus_one_reported: set[str] = field(default_factory=set)
+
+
+def is_probe(path: str) -> bool:
+    """Health probes and metric scrapes: not counted in the request statistics, not traced."""
+    return path.startswith("/api/health") or path == "/metrics"
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("portal_request", default=None)

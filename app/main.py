@@ -63,17 +63,17 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
             if own_provider and provider is not None:
                 provider.shutdown()
 
-    app = FastAPI(
+    app = telemetry.TracedFastAPI(
         title="portal",
         version=settings.version,
         lifespan=lifespan,
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
-        # Tracing is set up below; FastAPI's own would otherwise look for global OpenTelemetry
-        # providers on every request.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry=telemetry.fastapi_telemetry(provider),
     )
+    if provider is not None:
+        app.head_sampler = telemetry.HeadSampler(settings.trace_sample_ratio)
     app.state.runtime = runtime
     errors.install(app, runtime)
     add_routes(app, runtime)
@@ -81,8 +81,6 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
         app.add_middleware(PortalMiddleware, runtime=runtime)
     else:
         log.warning("PORTAL_INSTRUMENTATION=off: no metrics, statistics or X- headers")
-    if provider is not None:
-        telemetry.instrument_app(app, provider)
     return app
 
 

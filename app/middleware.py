@@ -24,11 +24,6 @@ log = logging.getLogger("app.http")
 _INTERNAL_ERROR = json.dumps({"error": "internal error", "detail": "the error was logged"}).encode()
 
 
-def is_probe(route: str) -> bool:
-    """Health probes and metric scrapes: excluded from health statistics."""
-    return route.startswith("/api/health") or route == "/metrics"
-
-
 class PortalMiddleware:
     def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
         self.app = app
@@ -86,7 +81,7 @@ class PortalMiddleware:
             context.end(token)
             route = _route_template(scope)
             self.metrics.observe_request(method, route, status, elapsed)
-            if not is_probe(route):
+            if not context.is_probe(route):
                 self.stats.record(elapsed * 1000, status)
             if elapsed >= self.slow_s:
                 log.warning(

@@ -85,6 +85,8 @@ class Settings:
     sentry_dsn: str | None = None
     otel_endpoint: str | None = None
     otel_service_name: str = "portal"
+    trace_sample_ratio: float = 1.0
+    """Share of requests that start a trace (one with a caller's ``traceparent`` follows it)."""
     log_level: str = "INFO"
     instrumentation: bool = True
     """Off only to measure the instrumentation's own cost (no metrics, headers or stats)."""
@@ -95,6 +97,13 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], *, require_database: bool = True) -> Settings:
         """Read and validate every setting; raise ``SettingsError`` on the first bad one."""
         r = _Reader(env)
+        for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+            if r.raw(name) is not None:
+                raise SettingsError(
+                    name,
+                    "not used by this service (it would be ignored); set "
+                    "PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead",
+                )
         database_url = r.url(
             "PORTAL_DATABASE_URL",
             ("postgresql", "postgres"),
@@ -139,6 +148,7 @@ class Settings:
                 "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https"), "http://collector:4318"
             ),
             otel_service_name=r.label("OTEL_SERVICE_NAME", "portal"),
+            trace_sample_ratio=r.fraction("PORTAL_TRACE_SAMPLE_RATIO", 1.0),
             log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             instrumentation=r.choice("PORTAL_INSTRUMENTATION", "on", ("on", "off")) == "on",
             cache_enabled=r.choice("PORTAL_CACHE", "on", ("on", "off")) == "on",

@@ -18,6 +18,7 @@ def test_only_the_database_url_is_needed_and_the_defaults_match_the_contract():
     assert not s.faults.active, "the fault switch must be off by default"
     assert s.admin_token is None and s.sentry_dsn is None and s.otel_endpoint is None
     assert s.otel_service_name == "portal"
+    assert s.trace_sample_ratio == 1.0, "every request is traced unless told otherwise"
 
 
 def test_an_empty_value_counts_as_unset():
@@ -67,6 +68,11 @@ def test_latency_fault_delays_every_request_unless_a_rate_is_given():
         ("PORTAL_ADMIN_TOKEN", "short", "at least 8 characters"),
         ("SENTRY_DSN", "not a url", "is not a URL like https://"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "is not a URL like http://"),
+        ("PORTAL_TRACE_SAMPLE_RATIO", "all", "'all' is not a number between 0 and 1"),
+        ("PORTAL_TRACE_SAMPLE_RATIO", "1.5", "'1.5' is not a number between 0 and 1"),
+        ("PORTAL_TRACE_SAMPLE_RATIO", "-0.1", "'-0.1' is not a number between 0 and 1"),
+        ("OTEL_TRACES_SAMPLER", "always_off", "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1", "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead"),
     ],
 )
 def test_a_bad_setting_is_named_with_its_value_and_what_is_allowed(variable, value, expected):

@@ -80,3 +80,78 @@ async def test_without_an_endpoint_nothing_is_traced():
         assert provider.resource.attributes["service.version"] == "3.1.4"
     finally:
         provider.shutdown()
+
+
+def in_memory() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+async def test_at_ratio_zero_no_span_is_exported_not_even_postgres_or_redis(portal_dsn, redis_url):
+    provider, exporter = in_memory()
+    settings = settings_for(portal_dsn, redis_url, PORTAL_TRACE_SAMPLE_RATIO="0")
+    async with running_app(settings, tracer_provider=provider) as client:
+        for path in ("/api/users/3/dashboard", "/api/users/3/dashboard", "/api/users/4"):
+            r = await client.get(path)
+            assert r.status_code == 200
+        assert r.headers["x-query-count"] == "1", "the request ran its statement, untraced"
+    assert [s.name for s in exporter.get_finished_spans()] == []
+
+
+async def test_a_caller_that_sampled_its_trace_is_followed_even_at_ratio_zero(
+    portal_dsn, redis_url
+):
+    provider, exporter = in_memory()
+    settings = settings_for(portal_dsn, redis_url, PORTAL_TRACE_SAMPLE_RATIO="0")
+    async with running_app(settings, tracer_provider=provider) as client:
+        r = await client.get(
+            "/api/users/5/dashboard", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+        )
+        assert r.status_code == 200
+    spans = exporter.get_finished_spans()
+    server = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert [s.name for s in server] == ["GET /api/users/{user_id}/dashboard"]
+    parent = server[0].parent
+    assert parent is not None and parent.is_remote and parent.span_id == int(PARENT_ID, 16)
+    assert {s.context.trace_id for s in spans} == {int(TRACE_ID, 16)}, "one trace, the caller's"
+    assert {"MGET", "SET"} <= {s.name for s in spans}, [s.name for s in spans]
+    assert len(spans) >= 4, "server, Redis MGET and SET, and the Postgres statement"
+
+
+async def test_a_caller_that_did_not_sample_its_trace_is_followed_even_at_ratio_one(
+    portal_dsn, redis_url
+):
+    provider, exporter = in_memory()
+    async with running_app(settings_for(portal_dsn, redis_url), tracer_provider=provider) as c:
+        r = await c.get(
+            "/api/users/6/dashboard", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}
+        )
+        assert r.status_code == 200
+    assert [s.name for s in exporter.get_finished_spans()] == []
+
+
+async def test_a_ratio_traces_about_that_share_of_requests(portal_dsn, redis_url):
+    provider, exporter = in_memory()
+    settings = settings_for(portal_dsn, redis_url, PORTAL_TRACE_SAMPLE_RATIO="0.5")
+    async with running_app(settings, tracer_provider=provider) as client:
+        for _ in range(200):
+            assert (await client.get("/api/plans")).status_code == 200
+    traced = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    # Binomial(200, 0.5): outside 50..150 with a probability below 1e-12.
+    assert 50 <= len(traced) <= 150, f"{len(traced)} of 200 requests traced at ratio 0.5"
+
+
+async def test_probes_and_scrapes_leave_no_span_not_even_their_redis_and_postgres_checks(
+    portal_dsn, redis_url
+):
+    provider, exporter = in_memory()
+    async with running_app(settings_for(portal_dsn, redis_url), tracer_provider=provider) as c:
+        for path in ("/api/health", "/api/health/advanced", "/metrics"):
+            assert (await c.get(path)).status_code == 200
+    assert [s.name for s in exporter.get_finished_spans()] == []
