@@ -328,6 +328,7 @@ class App(pulumi.ComponentResource):
             kube.env("PORTAL_SLOW_QUERY_MS", str(app.slow_query_ms)),
             kube.env("PORTAL_SLOW_REQUEST_MS", str(app.slow_request_ms)),
             kube.env("PORTAL_DB_POOL_SIZE", str(app.db_pool_size)),
+            kube.env("PORTAL_TRACE_SAMPLE_RATIO", f"{app.trace_sample_ratio:g}"),
             kube.env("OTEL_EXPORTER_OTLP_ENDPOINT", args.otlp_endpoint),
             kube.env("OTEL_SERVICE_NAME", cfg.names.app),
             kube.env(

@@ -265,6 +265,8 @@ class AppConfig:
     slow_query_ms: int
     slow_request_ms: int
     db_pool_size: int
+    trace_sample_ratio: float
+    """Share of requests that start a trace (``PORTAL_TRACE_SAMPLE_RATIO``)."""
 
     @property
     def stable_image(self) -> str:
@@ -581,6 +583,7 @@ def _parse_app(value: Any) -> AppConfig:
             "slowQueryMs",
             "slowRequestMs",
             "dbPoolSize",
+            "traceSampleRatio",
         ),
     )
     image = _str(
@@ -642,6 +645,7 @@ def _parse_app(value: Any) -> AppConfig:
         slow_query_ms=_int(m, "slowQueryMs", path, 200, 1, 600000),
         slow_request_ms=_int(m, "slowRequestMs", path, 1000, 1, 600000),
         db_pool_size=_int(m, "dbPoolSize", path, 10, 1, 200),
+        trace_sample_ratio=_float(m, "traceSampleRatio", path, 1.0, 0.0, 1.0),
     )
 
 

@@ -101,6 +101,11 @@ def test_a_bad_value_for_every_key_is_refused_naming_the_key_value_and_what_is_a
         ),
         (lambda v: v["app"].update(replicas=0), "portal:app.replicas", "whole number"),
         (lambda v: v["app"].update(replicass=3), "portal:app.replicass", "did you mean"),
+        (
+            lambda v: v["app"].update(traceSampleRatio=1.5),
+            "portal:app.traceSampleRatio",
+            "from 0 up to 1",
+        ),
         (lambda v: v["slo"].update(maxErrorRate=2), "portal:slo.maxErrorRate", ""),
         (
             lambda v: v["observability"].update(grafanaImage="grafana/grafana:latest"),
@@ -146,3 +151,13 @@ def test_every_optional_key_has_a_default_the_engine_applies_and_the_model_reads
     assert parse_config({**engine_defaults, **minimal}, "qa") == parse_config(minimal, "qa")
     unset = parse_config({**engine_defaults, **minimal}, "qa")
     assert (unset.environment, unset.namespace, unset.sentry_enabled) == ("qa", "portal-qa", False)
+
+
+def test_the_trace_sample_ratio_reaches_both_tracks_of_the_service():
+    values = copy.deepcopy(BASE)
+    values["app"]["traceSampleRatio"] = 0.05
+    run = run_program("prod", values, {})
+    for name in ("portal-stable", "portal-canary"):
+        container = run.get("Deployment", name).manifest()["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in container["containers"][0]["env"]}
+        assert env["PORTAL_TRACE_SAMPLE_RATIO"] == "0.05", name

@@ -126,6 +126,7 @@ def test_app_probes_security_context_and_track_labels(run):
         assert env["PORTAL_TRACK"]["value"] == track
         assert "fieldRef" in env["PORTAL_VERSION"]["valueFrom"]
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env
+        assert env["PORTAL_TRACE_SAMPLE_RATIO"]["value"] == "1", "every request traced by default"
     assert run.get("HorizontalPodAutoscaler", "portal-stable")
     assert run.get("PodDisruptionBudget", "portal-stable")
 
