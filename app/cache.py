@@ -155,12 +155,14 @@ class Cache:
         self._recover_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.redis: aioredis.Redis | None = None
+        self._timeout_s = settings.redis_timeout_ms / 1000
         if settings.redis_url:
-            timeout = settings.redis_timeout_ms / 1000
+            # Each call gets its deadline from ``_deadline`` rather than ``socket_timeout``,
+            # with which redis-py runs every command's write as a task of its own.
             self.redis = aioredis.Redis.from_url(
                 settings.redis_url,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
+                socket_connect_timeout=self._timeout_s,
+                socket_timeout=None,
                 retry=Retry(NoBackoff(), 0),
                 max_connections=64,
             )
@@ -210,7 +212,8 @@ class Cache:
                 return False
             start = time.perf_counter()
             try:
-                await client.ping()
+                async with self._deadline():
+                    await client.ping()
                 pending = [ALL_TAG] if self._pending_overflow else sorted(self._pending)
                 if pending:
                     await self._write_tokens(client, pending)
@@ -242,13 +245,24 @@ class Cache:
             log.warning(
                 "cache: Redis unreachable (%s); serving from the in-memory fallback, "
                 "retrying every %gs",
-                _describe(exc),
+                self._describe(exc),
                 self.settings.redis_retry_s,
             )
         if self.redis is not None:
             # Drop every pooled connection: after a restart they are all dead.
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.connection_pool.disconnect()
+
+    def _deadline(self) -> asyncio.Timeout:
+        """The time one Redis call may take (``PORTAL_REDIS_TIMEOUT_MS``); past it, the call is
+        cancelled (redis-py drops the connection) and ``TimeoutError`` raised."""
+        return asyncio.timeout(self._timeout_s)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self.settings.redis_timeout_ms} ms"
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
     def _observe(self, operation: str, ok: bool, start: float) -> None:
         self.metrics.observe_redis(operation, ok, time.perf_counter() - start)
@@ -301,7 +315,8 @@ class Cache:
         if client is not None:
             start = time.perf_counter()
             try:
-                found = await client.mget([key, *(TAG_PREFIX + t for t in tags)])
+                async with self._deadline():
+                    found = await client.mget([key, *(TAG_PREFIX + t for t in tags)])
                 self._observe("get", True, start)
                 raw, current = found[0], found[1:]
                 if any(tok is None for tok in current):
@@ -324,7 +339,8 @@ class Cache:
             pipe.set(TAG_PREFIX + tags[i], _new_token(), nx=True, ex=self._tag_ttl)
             pipe.get(TAG_PREFIX + tags[i])
         try:
-            replies = await pipe.execute()
+            async with self._deadline():
+                replies = await pipe.execute()
         except (RedisError, OSError):
             self._observe("tag_init", False, start)
             raise
@@ -342,7 +358,8 @@ class Cache:
         if client is not None:
             start = time.perf_counter()
             try:
-                await client.set(key, encoded, ex=ttl)
+                async with self._deadline():
+                    await client.set(key, encoded, ex=ttl)
                 self._observe("set", True, start)
                 return
             except (RedisError, OSError) as exc:
@@ -377,7 +394,8 @@ class Cache:
         pipe = client.pipeline(transaction=False)
         for tag in tags:
             pipe.set(TAG_PREFIX + tag, _new_token(), ex=self._tag_ttl)
-        await pipe.execute()
+        async with self._deadline():
+            await pipe.execute()
 
     async def flush(self, pattern: str) -> int:
         """Delete the keys matching ``pattern`` in Redis and in memory; the number deleted."""
@@ -388,14 +406,15 @@ class Cache:
             return deleted
         start = time.perf_counter()
         try:
-            batch: list[Any] = []
-            async for key in client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += int(await client.unlink(*batch))
-                    batch = []
-            if batch:
-                deleted += int(await client.unlink(*batch))
+            cursor = 0
+            while True:
+                async with self._deadline():
+                    cursor, keys = await client.scan(cursor, match=pattern, count=1000)
+                if keys:
+                    async with self._deadline():
+                        deleted += int(await client.unlink(*keys))
+                if not cursor:
+                    break
         except (RedisError, OSError) as exc:
             self._observe("flush", False, start)
             await self._mark_down(exc)
@@ -422,7 +441,8 @@ class Cache:
                 )
             return CacheCheck("healthy", "redis", _ms(start), self.hit_rate)
         try:
-            await self.redis.ping()
+            async with self._deadline():
+                await self.redis.ping()
             self._observe("ping", True, start)
         except (RedisError, OSError) as exc:
             self._observe("ping", False, start)
@@ -432,7 +452,7 @@ class Cache:
                 "memory",
                 _ms(start),
                 self.hit_rate,
-                f"Redis unreachable ({_describe(exc)}); serving from memory",
+                f"Redis unreachable ({self._describe(exc)}); serving from memory",
             )
         return CacheCheck("healthy", "redis", _ms(start), self.hit_rate)
 
@@ -453,8 +473,3 @@ def _new_token() -> bytes:
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

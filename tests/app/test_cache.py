@@ -96,6 +96,29 @@ async def test_invalidations_made_while_redis_was_away_are_replayed_when_it_retu
     assert after.json()["user"]["name"] == "Renamed While Away"
 
 
+async def test_a_redis_that_stops_answering_costs_a_read_its_timeout_not_a_hang(
+    portal_dsn, redis_factory, caplog
+):
+    """Redis frozen with connections open (no error, no answer): reads are answered from the
+    database once PORTAL_REDIS_TIMEOUT_MS has passed, and the cache moves to memory."""
+    server = redis_factory()
+    settings = settings_for(portal_dsn, server.url, **FAST_RECOVERY)
+    pid = server.process.pid
+    async with running_app(settings) as client:
+        assert (await client.get("/api/users/12/dashboard")).status_code == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(20):  # a read with no deadline would wait forever
+                r = await client.get("/api/users/13/dashboard")
+                assert r.status_code == 200 and r.headers["x-cache-hit"] == "false"
+                again = await client.get("/api/users/13/dashboard")
+                assert again.headers["x-cache-hit"] == "true", "the memory fallback took over"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await wait_health(client, "healthy", "redis")
+    assert "Redis unreachable (no answer within 200 ms)" in caplog.text
+
+
 async def test_without_redis_the_memory_cache_serves_and_health_is_healthy(portal_dsn):
     async with running_app(settings_for(portal_dsn)) as client:
         await client.get("/api/admin/stats")
