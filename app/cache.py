@@ -23,12 +23,12 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from cachetools import LRUCache, TLRUCache
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -89,28 +89,26 @@ class CacheCheck:
 
 
 class MemoryStore:
-    """A bounded in-process store with the same semantics as the Redis one."""
+    """The in-process store (the fallback while Redis is away, the only store without Redis),
+    with the semantics of the Redis one: an entry expires after the TTL of its class, the least
+    recently used entries go first beyond ``max_entries``, and so do the least recently used tag
+    tokens (an entry whose token went is a miss, never stale)."""
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_entries = max_entries
-        self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self.tags: dict[str, bytes] = {}
+        self.entries: TLRUCache[str, tuple[int, bytes]] = TLRUCache(
+            max_entries, _expiry, timer=clock
+        )
+        self.tags: LRUCache[str, bytes] = LRUCache(max_entries)
 
     def get(self, key: str) -> bytes | None:
         item = self.entries.get(key)
-        if item is None:
-            return None
-        if item[0] <= time.monotonic():
-            del self.entries[key]
-            return None
-        self.entries.move_to_end(key)
-        return item[1]
+        return None if item is None else item[1]
 
     def set(self, key: str, value: bytes, ttl: int) -> None:
-        self.entries[key] = (time.monotonic() + ttl, value)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        self.entries[key] = (ttl, value)
 
     def tokens(self, tags: Sequence[str]) -> list[bytes]:
         out = []
@@ -128,12 +126,16 @@ class MemoryStore:
     def delete_pattern(self, pattern: str) -> int:
         doomed = [k for k in self.entries if fnmatch.fnmatchcase(k, pattern)]
         for k in doomed:
-            del self.entries[k]
+            self.entries.pop(k, None)
         return len(doomed)
 
     def clear(self) -> None:
         self.entries.clear()
         self.tags.clear()
+
+
+def _expiry(_key: str, item: tuple[int, bytes], now: float) -> float:
+    return now + item[0]
 
 
 class Cache:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 import redis
 
-from app.cache import Cache
+from app.cache import Cache, MemoryStore
 from app.metrics import Metrics
 from tests.app.conftest import running_app, settings_for
 
@@ -247,3 +247,31 @@ async def test_admin_operations_need_the_token(portal_dsn, redis_url):
         r = await client.post("/api/admin/sentry", json={"enabled": False}, headers=AUTH)
         assert r.status_code == 200
         assert r.json() == {"configured": False, "enabled": False}
+
+
+def test_the_memory_store_expires_an_entry_after_its_ttl():
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    store.set("user:1:dashboard", b"{}", ttl=60)
+    now[0] += 59.9
+    assert store.get("user:1:dashboard") == b"{}"
+    now[0] += 0.2
+    assert store.get("user:1:dashboard") is None
+
+
+def test_the_memory_store_drops_the_least_recently_used_entry_beyond_its_bound():
+    store = MemoryStore(max_entries=2)
+    store.set("a", b"1", ttl=60)
+    store.set("b", b"2", ttl=60)
+    assert store.get("a") == b"1"
+    store.set("c", b"3", ttl=60)
+    assert (store.get("a"), store.get("b"), store.get("c")) == (b"1", None, b"3")
+
+
+def test_the_memory_store_bounds_its_tag_tokens_and_a_forgotten_one_is_never_reused():
+    store = MemoryStore(max_entries=2)
+    (first,) = store.tokens(["user:1"])
+    store.tokens(["user:2"])
+    store.tokens(["user:3"])  # user:1 is the least recently used: forgotten
+    assert len(store.tags) == 2
+    assert store.tokens(["user:1"]) != [first], "entries stored under the old token now miss"
