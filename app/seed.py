@@ -204,6 +204,48 @@ ENDPOINTS = (
 )
 
 
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("id", "email", "name", "role", "status", "created_at", "updated_at"),
+    "profiles": (
+        "user_id",
+        "bio",
+        "avatar_url",
+        "company",
+        "location",
+        "timezone",
+        "locale",
+        "created_at",
+        "updated_at",
+    ),
+    "subscriptions": (
+        "user_id",
+        "plan_code",
+        "status",
+        "current_period_start",
+        "current_period_end",
+        "canceled_at",
+        "created_at",
+        "updated_at",
+    ),
+    "api_tokens": (
+        "user_id",
+        "name",
+        "token_prefix",
+        "token_hash",
+        "scopes",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "created_at",
+    ),
+    "activity_log": ("user_id", "action", "details", "ip_address", "created_at"),
+    "rate_limits": ("user_id", "endpoint", "window_start", "request_count"),
+}
+"""The columns each table is filled with, in the order the row generators yield them."""
+
+_Rows = Callable[[random.Random, range, datetime], Iterator[Sequence[Any]]]
+
+
 class SeedError(RuntimeError):
     """Seeding cannot proceed; the message says why and what to do."""
 
@@ -275,82 +317,27 @@ class Seeder:
         rng = random.Random(f"{seed}:{first_id}")
         now = datetime.now(UTC).replace(microsecond=0)
         ids = range(first_id, first_id + count)
+        # (table, rows, rows expected): one row per user where it is known. In this order: the
+        # generators draw from one random stream.
+        tables: tuple[tuple[str, _Rows, int | None], ...] = (
+            ("users", self._users, count),
+            ("profiles", self._profiles, count),
+            ("subscriptions", self._subscriptions, None),
+            ("api_tokens", self._tokens, None),
+            ("activity_log", self._activity, None),
+            ("rate_limits", self._rate_limits, None),
+        )
         added: dict[str, int] = {}
         with conn.transaction():
-            added["users"] = self._copy(
-                conn,
-                "users",
-                ("id", "email", "name", "role", "status", "created_at", "updated_at"),
-                self._users(rng, ids, now),
-                count,
-            )
-            conn.execute(
-                "SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))"
-            )
-            added["profiles"] = self._copy(
-                conn,
-                "profiles",
-                (
-                    "user_id",
-                    "bio",
-                    "avatar_url",
-                    "company",
-                    "location",
-                    "timezone",
-                    "locale",
-                    "created_at",
-                    "updated_at",
-                ),
-                self._profiles(rng, ids, now),
-                count,
-            )
-            added["subscriptions"] = self._copy(
-                conn,
-                "subscriptions",
-                (
-                    "user_id",
-                    "plan_code",
-                    "status",
-                    "current_period_start",
-                    "current_period_end",
-                    "canceled_at",
-                    "created_at",
-                    "updated_at",
-                ),
-                self._subscriptions(rng, ids, now),
-                None,
-            )
-            added["api_tokens"] = self._copy(
-                conn,
-                "api_tokens",
-                (
-                    "user_id",
-                    "name",
-                    "token_prefix",
-                    "token_hash",
-                    "scopes",
-                    "expires_at",
-                    "last_used_at",
-                    "revoked_at",
-                    "created_at",
-                ),
-                self._tokens(rng, ids, now),
-                None,
-            )
-            added["activity_log"] = self._copy(
-                conn,
-                "activity_log",
-                ("user_id", "action", "details", "ip_address", "created_at"),
-                self._activity(rng, ids, now),
-                None,
-            )
-            added["rate_limits"] = self._copy(
-                conn,
-                "rate_limits",
-                ("user_id", "endpoint", "window_start", "request_count"),
-                self._rate_limits(rng, ids, now),
-                None,
-            )
+            for table, rows, expected in tables:
+                added[table] = self._copy(
+                    conn, table, _COLUMNS[table], rows(rng, ids, now), expected
+                )
+                if table == "users":
+                    conn.execute(
+                        "SELECT setval(pg_get_serial_sequence('users', 'id'), "
+                        "(SELECT max(id) FROM users))"
+                    )
         return added
 
     def _copy(
