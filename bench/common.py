@@ -244,9 +244,10 @@ def _serve(
     what: str,
     port: int,
     timeout: float,
+    cwd: Path = REPO,
 ) -> Service:
     """Start ``argv`` (listening on ``port``); ready when /api/health answers."""
-    proc = Process(name, root / name, argv, env=dict(env), cwd=REPO)
+    proc = Process(name, root / name, argv, env=dict(env), cwd=cwd)
     proc.start()
     service = Service(name, proc, port)
     try:
@@ -263,11 +264,14 @@ def _serve(
     return service
 
 
-def start_app(root: Path, name: str, env: Mapping[str, str], timeout: float = 60) -> Service:
-    """``python -m app serve`` on a free port, ready when /api/health answers."""
+def start_app(
+    root: Path, name: str, env: Mapping[str, str], timeout: float = 60, source: Path = REPO
+) -> Service:
+    """``python -m app serve`` on a free port, ready when /api/health answers. ``source`` is the
+    directory whose ``app`` package runs (another revision's, to compare code side by side)."""
     port = free_port()
     argv = [PYTHON, "-m", "app", "serve", "--port", str(port)]
-    return _serve(root, name, argv, env, f"app {name}", port, timeout)
+    return _serve(root, name, argv, env, f"app {name}", port, timeout, cwd=source)
 
 
 def start_bare(root: Path, name: str = "bare", timeout: float = 60) -> Service:
@@ -317,15 +321,19 @@ def scrape(url: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------ wrk
 
 _WRK_LUA = """
-local ids = {}
 local n = tonumber(os.getenv("BENCH_USERS") or "0")
 local path = os.getenv("BENCH_PATH") or "/"
+local headers = {}
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\\n]+") do
+  local k, v = string.match(line, "^([^:]+):%s*(.*)$")
+  if k then headers[k] = v end
+end
 counter = 0
 request = function()
   counter = counter + 1
   local p = path
   if n > 0 then p = string.gsub(path, "{id}", tostring((counter % n) + 1)) end
-  return wrk.format("GET", p)
+  return wrk.format("GET", p, headers)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -362,15 +370,18 @@ def wrk(
     connections: int = 32,
     threads: int = 1,
     seconds: float = 5.0,
+    headers: Mapping[str, str] | None = None,
     scratch: Path,
 ) -> WrkResult:
-    """``wrk --latency`` against ``url + path`` (``{id}`` in the path cycles 1..users)."""
+    """``wrk --latency`` against ``url + path`` (``{id}`` in the path cycles 1..users), sending
+    ``headers`` with every request."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed; run `make deps` (scripts/bootstrap.sh)")
     script = scratch / "bench.lua"
     if not script.exists():
         script.write_text(_WRK_LUA)
     env = dict(os.environ, BENCH_PATH=path, BENCH_USERS=str(users))
+    env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     argv = [
         "wrk",
         "--latency",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -91,9 +91,13 @@ def run(
     seed: int = 1,
     timeout_s: float = 10.0,
     max_in_flight: int = 1000,
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
-    """Offer ``rate`` requests/s for ``seconds``; ``next_call`` picks each request."""
-    return asyncio.run(_run(base_url, rate, seconds, next_call, seed, timeout_s, max_in_flight))
+    """Offer ``rate`` requests/s for ``seconds``; ``next_call`` picks each request; ``headers``
+    go with every request."""
+    return asyncio.run(
+        _run(base_url, rate, seconds, next_call, seed, timeout_s, max_in_flight, headers)
+    )
 
 
 async def _run(
@@ -104,6 +108,7 @@ async def _run(
     seed: int,
     timeout_s: float,
     max_in_flight: int,
+    headers: Mapping[str, str] | None,
 ) -> LoadResult:
     rng = random.Random(seed)
     kinds: dict[str, KindStats] = {}
@@ -113,7 +118,9 @@ async def _run(
     tasks: set[asyncio.Task[None]] = set()
     max_lag = 0.0
 
-    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        base_url, connector=connector, timeout=timeout, headers=dict(headers or {})
+    ) as session:
 
         async def one(call: Call, due: float) -> None:
             kind, method, path, body = call

@@ -1,26 +1,55 @@
-"""Service throughput and what the instrumentation costs.
+"""Service throughput, and what each part of the instrumentation costs.
 
-Three servers side by side, on one Postgres and one Redis: the portal with instrumentation on
-(the default), the same with ``PORTAL_INSTRUMENTATION=off``, and ``bench.bare`` (FastAPI on
-uvicorn answering a constant JSON). ``wrk`` drives the dashboard endpoint (cache warm, user ids
-cycling) with the same connections and duration; the three runs are rotated within each
-repetition and the medians compared. Then an open-loop client offers a fixed rate to the
-instrumented service and its p95 is compared with the target.
+Side by side on one Postgres and one Redis, ``wrk`` drives the dashboard endpoint (cache warm,
+user ids cycling) of several servers, the variants:
+
+- ``instrumented``: metrics, request statistics, ``X-`` headers and logs
+  (``PORTAL_INSTRUMENTATION=on``), no tracing: what the instrumentation target is about;
+- ``traced``: the same with every request traced (the default ratio), spans exported over OTLP
+  to a stand-in collector (``bench.collector``): the service as deployed;
+- ``sampled``: the same with ``--service-sampled-ratio`` of the requests traced;
+- ``otel``: tracing alone, every request (``PORTAL_INSTRUMENTATION=off``);
+- ``off``: neither; ``bare``: ``bench.bare``, FastAPI on uvicorn answering a constant JSON:
+  the framework's own cost, the ceiling the service is measured against;
+- ``against`` (with ``--service-against REV``): ``instrumented`` run from another git
+  revision's ``app/``, to measure a code change side by side.
+
+Each rotation runs every variant once, in rotated order. CPU per request (the server process's
+CPU time over the requests it answered, exporter thread included) is the steady figure; req/s
+moves with whatever else the machine runs. Each ratio is taken within a rotation and the median
+over rotations reported, with the load average. Then an open-loop client offers a fixed rate
+to ``traced`` and its p95 is compared with the target. ``--service-profile`` also records a
+py-spy flame graph of every variant under the same load (``bench/results/service-<name>.svg``).
+
+A new variant (authentication on, say) is one more entry in ``variants()``, and one more
+``Comparison`` for its cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import shutil
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench import load
+from bench.collector import Collector
 from bench.common import (
+    REPO,
+    RESULTS_DIR,
+    BenchError,
     Report,
     Service,
     WrkResult,
     app_env,
     cpu_seconds,
+    fraction,
     median,
     positive_float,
     positive_int,
@@ -37,7 +66,75 @@ from bench.common import (
 NAME = "service"
 DASHBOARD = "/api/users/{id}/dashboard"
 MAX_COST = 0.05
-P95_TARGET_MS = 50.0
+MAX_BARE_RATIO = 2.0
+P95_TARGET_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    env: Mapping[str, str] | None = None
+    """The service's settings (beside the database and Redis); None: the bare endpoint."""
+    traced: bool = False
+    """Spans go to the stand-in collector (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Sent with every request (credentials, a ``traceparent``...)."""
+    source: str | None = None
+    """A git revision whose ``app/`` runs instead of this checkout's."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    key: str
+    numerator: str
+    denominator: str
+    label: str
+    max_cpu_ratio: float | None = None
+    """The target: CPU per request of the numerator over the denominator's, at most this."""
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    on, off = {"PORTAL_INSTRUMENTATION": "on"}, {"PORTAL_INSTRUMENTATION": "off"}
+    ratio = args.service_trace_ratio
+    every = {} if ratio is None else {"PORTAL_TRACE_SAMPLE_RATIO": f"{ratio:g}"}
+    share = "every request" if ratio is None else f"{ratio:g} of requests"
+    sampled = args.service_sampled_ratio
+    out = [
+        Variant("instrumented", "instrumented: metrics, statistics, headers, logs", on),
+        Variant("traced", f"instrumented, {share} traced", {**on, **every}, traced=True),
+        Variant(
+            "sampled",
+            f"instrumented, {sampled:g} of requests traced",
+            {**on, "PORTAL_TRACE_SAMPLE_RATIO": f"{sampled:g}"},
+            traced=True,
+        ),
+        Variant("otel", f"OpenTelemetry alone, {share} traced", {**off, **every}, traced=True),
+        Variant("off", "uninstrumented", off),
+        Variant("bare", "bare FastAPI endpoint"),
+    ]
+    if args.service_against:
+        rev = args.service_against
+        out.append(Variant("against", f"{rev}: instrumented", on, source=rev))
+    return out
+
+
+def comparisons(args: argparse.Namespace) -> list[Comparison]:
+    out = [
+        Comparison("instrumented_vs_off", "instrumented", "off", "metrics alone", 1 + MAX_COST),
+        Comparison("traced_vs_off", "traced", "off", "instrumented and traced"),
+        Comparison("sampled_vs_off", "sampled", "off", "instrumented, sampled traces"),
+        Comparison("otel_vs_off", "otel", "off", "OpenTelemetry alone"),
+        Comparison(
+            "instrumented_vs_bare", "instrumented", "bare", "dashboard vs bare", MAX_BARE_RATIO
+        ),
+        Comparison("traced_vs_bare", "traced", "bare", "traced dashboard vs bare"),
+        Comparison("off_vs_bare", "off", "bare", "uninstrumented dashboard vs bare"),
+    ]
+    if args.service_against:
+        rev = args.service_against
+        out.append(Comparison("vs_against", "instrumented", "against", f"vs {rev}"))
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +142,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--service-users", type=positive_int, default=1000, help="users seeded and cycled"
     )
-    g.add_argument("--service-reps", type=positive_int, default=5, help="rotations of on/off/bare")
+    g.add_argument("--service-reps", type=positive_int, default=5, help="rotations of the variants")
     g.add_argument(
         "--service-seconds", type=positive_float, default=4.0, help="length of one wrk run"
     )
@@ -57,6 +154,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=20.0,
         help="length of the fixed-rate run",
     )
+    g.add_argument(
+        "--service-trace-ratio",
+        type=fraction,
+        default=None,
+        help="PORTAL_TRACE_SAMPLE_RATIO of 'traced' and 'otel' (default: the service's, 1)",
+    )
+    g.add_argument(
+        "--service-sampled-ratio",
+        type=fraction,
+        default=0.01,
+        help="PORTAL_TRACE_SAMPLE_RATIO of the 'sampled' variant",
+    )
+    g.add_argument(
+        "--service-against",
+        metavar="REV",
+        default=None,
+        help="also run the instrumented service from this git revision (e.g. main)",
+    )
+    g.add_argument(
+        "--service-profile",
+        action="store_true",
+        help="also record a py-spy flame graph of each variant (bench/results/service-*.svg)",
+    )
+
+
+def _checkout(rev: str, root: Path) -> Path:
+    """``app/`` of revision ``rev`` in a directory of its own."""
+    dest = root / f"rev-{rev.replace('/', '_')}"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "app"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"--service-against {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def _start(variant: Variant, root: Path, dsn: str, redis_url: str, otlp: str) -> Service:
+    if variant.env is None:
+        return start_bare(root, variant.key)
+    env = app_env(dsn, redis_url, **variant.env)
+    if variant.traced:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    source = _checkout(variant.source, root) if variant.source else REPO
+    return start_app(root, f"app-{variant.key}", env, source=source)
 
 
 def _warm(service: Service, users: int) -> None:
@@ -65,145 +208,279 @@ def _warm(service: Service, users: int) -> None:
             resp.read()
 
 
+@dataclass
+class _Runs:
+    wrk: list[WrkResult] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    spans: int = 0
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in self.wrk)
+
+
+def _measure(
+    variants: list[Variant],
+    servers: dict[str, Service],
+    collector: Collector,
+    args: argparse.Namespace,
+    root: Path,
+) -> tuple[dict[str, _Runs], list[float]]:
+    runs = {v.key: _Runs() for v in variants}
+    loads: list[float] = []
+    n = len(variants)
+    for rep in range(args.service_reps):
+        for v in variants[rep % n :] + variants[: rep % n]:
+            progress(
+                NAME, f"rep {rep + 1}/{args.service_reps}: wrk {args.service_seconds:g}s, {v.key}"
+            )
+            pid = servers[v.key].process.pid
+            assert pid is not None
+            spans, cpu = collector.spans, cpu_seconds(pid)
+            result = wrk(
+                servers[v.key].url,
+                DASHBOARD,
+                users=args.service_users,
+                connections=args.service_connections,
+                seconds=args.service_seconds,
+                headers=v.headers,
+                scratch=root,
+            )
+            r = runs[v.key]
+            r.wrk.append(result)
+            r.cpu_us.append((cpu_seconds(pid) - cpu) / max(1, result.requests) * 1e6)
+            r.spans += collector.spans - spans
+        loads.append(os.getloadavg()[0])
+    return runs, loads
+
+
+def _profile(
+    variants: list[Variant], servers: dict[str, Service], args: argparse.Namespace, root: Path
+) -> None:
+    spy = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    if spy is None:
+        raise BenchError("--service-profile needs py-spy (in requirements.lock: run `make deps`)")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    seconds = max(5, round(args.service_seconds * 2))
+    for v in variants:
+        out = RESULTS_DIR / f"{NAME}-{v.key}.svg"
+        progress(NAME, f"profiling {v.key} for {seconds}s -> {out.relative_to(REPO)}")
+        spy_proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(servers[v.key].process.pid),
+                "--rate",
+                "250",
+                "--duration",
+                str(seconds),
+                "--nonblocking",
+                "--format",
+                "flamegraph",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wrk(
+            servers[v.key].url,
+            DASHBOARD,
+            users=args.service_users,
+            connections=args.service_connections,
+            seconds=seconds + 1,
+            headers=v.headers,
+            scratch=root,
+        )
+        _, err = spy_proc.communicate(timeout=60)
+        if spy_proc.returncode != 0:
+            raise BenchError(f"py-spy failed on {v.key}: {err.decode().strip()[-300:]}")
+
+
+def _report_runs(
+    report: Report, chosen: list[Variant], runs: dict[str, _Runs], args: argparse.Namespace
+) -> None:
+    reps, conns = args.service_reps, args.service_connections
+    report.data["wrk_runs"] = {k: [w.to_dict() for w in r.wrk] for k, r in runs.items()}
+    report.data["cpu_us_per_request"] = {k: r.cpu_us for k, r in runs.items()}
+    for v in chosen:
+        r = runs[v.key]
+        bad = sum(w.errors + w.non2xx for w in r.wrk)
+        note = f"{v.label}, median of {reps} x {args.service_seconds:g}s, -c{conns}"
+        report.figure(
+            f"rps_{v.key}",
+            median([w.rps for w in r.wrk]),
+            "req/s",
+            note + (f", {bad} errors/non-2xx" if bad else ""),
+        )
+        report.figure(
+            f"cpu_us_per_request_{v.key}",
+            median(r.cpu_us),
+            "us",
+            f"{v.label}: server CPU time per request",
+        )
+        for q in ("p50", "p95", "p99"):
+            report.figure(f"{q}_{v.key}", median([getattr(w, f"{q}_ms") for w in r.wrk]), "ms")
+        if v.traced:
+            report.figure(
+                f"spans_per_request_{v.key}",
+                r.spans / max(1, r.requests),
+                "",
+                "spans the collector received per request",
+            )
+
+
+def _report_ratios(
+    report: Report, compared: list[Comparison], runs: dict[str, _Runs]
+) -> dict[str, tuple[float, bool]]:
+    """The CPU and req/s ratio of every comparison; {key: (CPU ratio, target met)}."""
+    outcome: dict[str, tuple[float, bool]] = {}
+    for c in compared:
+        num, den = runs[c.numerator], runs[c.denominator]
+        cpu = _paired(num.cpu_us, den.cpu_us)
+        rps = _paired([w.rps for w in num.wrk], [w.rps for w in den.wrk])
+        target = "" if c.max_cpu_ratio is None else f" (target <= {c.max_cpu_ratio:g}x)"
+        report.figure(
+            f"ratio_cpu_{c.key}",
+            cpu,
+            "x",
+            f"{c.label}: CPU per request {c.numerator} / {c.denominator}{target}",
+        )
+        report.figure(f"ratio_rps_{c.key}", rps, "x", f"req/s {c.numerator} / {c.denominator}")
+        outcome[c.key] = (cpu, c.max_cpu_ratio is None or cpu <= c.max_cpu_ratio)
+    return outcome
+
+
+def _fixed_rate(
+    report: Report, service: Service, variant: Variant, args: argparse.Namespace
+) -> tuple[float, int]:
+    users, rate = args.service_users, args.service_rate
+    progress(NAME, f"fixed rate {rate:g} req/s for {args.service_rate_seconds:g}s, {variant.key}")
+
+    def dashboard(rng: random.Random) -> load.Call:
+        return ("dashboard", "GET", f"/api/users/{rng.randint(1, users)}/dashboard", None)
+
+    fixed = load.run(
+        service.url, rate, args.service_rate_seconds, dashboard, headers=variant.headers
+    )
+    report.data["fixed_rate"] = fixed.summary()
+    p95 = fixed.p(95)
+    report.figure(
+        "fixed_rate_p50",
+        fixed.p(50),
+        "ms",
+        f"{variant.label}, {rate:g} req/s open loop, {fixed.sent} requests",
+    )
+    report.figure("fixed_rate_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
+    report.figure("fixed_rate_p99", fixed.p(99), "ms")
+    report.figure("fixed_rate_failed", fixed.failed, "requests")
+    return p95, fixed.failed
+
+
+def _summary(
+    outcome: dict[str, tuple[float, bool]],
+    runs: dict[str, _Runs],
+    args: argparse.Namespace,
+    p95: float,
+    ok_p95: bool,
+    loads: list[float],
+) -> str:
+    def met(ok: bool) -> str:
+        return "MET" if ok else "MISSED"
+
+    def x(key: str) -> str:
+        return f"{outcome[key][0]:.3f}x"
+
+    cost, ok_cost = outcome["instrumented_vs_off"]
+    bare, ok_bare = outcome["instrumented_vs_bare"]
+    share = _paired([w.rps for w in runs["instrumented"].wrk], [w.rps for w in runs["bare"].wrk])
+    every = "every request" if args.service_trace_ratio is None else f"{args.service_trace_ratio:g}"
+    text = (
+        f"CPU per request vs uninstrumented: instrumented (metrics, statistics, headers, logs) "
+        f"{cost:.3f}x (target <= {1 + MAX_COST:g}x: {met(ok_cost)}), with {every} traced "
+        f"{x('traced_vs_off')}, with {args.service_sampled_ratio:g} traced "
+        f"{x('sampled_vs_off')}, OpenTelemetry alone ({every} traced) {x('otel_vs_off')}; "
+        f"dashboard vs bare endpoint {bare:.2f}x CPU, {share:.3f}x req/s (target <= "
+        f"{MAX_BARE_RATIO:g}x CPU: {met(ok_bare)}; traced {outcome['traced_vs_bare'][0]:.2f}x); "
+        f"p95 at {args.service_rate:g} req/s, traced {p95:.1f} ms (target < {P95_TARGET_MS:g} ms: "
+        f"{met(ok_p95)}); load average {median(loads):.2f} ({min(loads):.2f}-{max(loads):.2f})"
+    )
+    if "vs_against" in outcome:
+        text += f"; vs {args.service_against}: {x('vs_against')} CPU"
+    return text
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median over rotations of a[i] / b[i]: each ratio compares runs made minutes apart at most."""
+    return median([x / y for x, y in zip(a, b, strict=True) if y])
+
+
 def run(args: argparse.Namespace) -> Report:
-    users, reps = args.service_users, args.service_reps
-    seconds, conns = args.service_seconds, args.service_connections
+    users, reps, seconds = args.service_users, args.service_reps, args.service_seconds
+    chosen, compared = variants(args), comparisons(args)
     report = Report(
         NAME,
         params={
             "users": users,
             "reps": reps,
             "seconds": seconds,
-            "connections": conns,
+            "connections": args.service_connections,
             "wrk_threads": 1,
             "rate": args.service_rate,
             "rate_seconds": args.service_rate_seconds,
+            "trace_ratio": args.service_trace_ratio,
+            "sampled_ratio": args.service_sampled_ratio,
+            "against": args.service_against,
+            "variants": {v.key: v.label for v in chosen},
+            "load_average_at_start": os.getloadavg(),
         },
     )
-    with server_root(NAME) as root, postgres(root) as pg, redis(root) as rd:
+    with (
+        server_root(NAME) as root,
+        postgres(root) as pg,
+        redis(root) as rd,
+        Collector() as collector,
+    ):
         progress(NAME, f"seeding {users} users")
         dsn = seeded_database(pg, "portal", users)
-        servers = {
-            "on": start_app(root, "app-on", app_env(dsn, rd.url, PORTAL_INSTRUMENTATION="on")),
-            "off": start_app(root, "app-off", app_env(dsn, rd.url, PORTAL_INSTRUMENTATION="off")),
-            "bare": start_bare(root),
-        }
+        servers: dict[str, Service] = {}
         try:
+            for v in chosen:
+                servers[v.key] = _start(v, root, dsn, rd.url, collector.url)
             progress(NAME, "warming the cache and the servers")
-            _warm(servers["on"], users)
-            for s in servers.values():
-                wrk(s.url, DASHBOARD, users=users, connections=conns, seconds=1, scratch=root)
-            runs: dict[str, list[WrkResult]] = {k: [] for k in servers}
-            cpu: dict[str, list[float]] = {k: [] for k in servers}
-            order = list(servers)
-            for rep in range(reps):
-                rotated = order[rep % 3 :] + order[: rep % 3]
-                for key in rotated:
-                    progress(NAME, f"rep {rep + 1}/{reps}: wrk {seconds:g}s against {key}")
-                    pid = servers[key].process.pid
-                    assert pid is not None
-                    cpu_before = cpu_seconds(pid)
-                    result = wrk(
-                        servers[key].url,
-                        DASHBOARD,
-                        users=users,
-                        connections=conns,
-                        seconds=seconds,
-                        scratch=root,
-                    )
-                    runs[key].append(result)
-                    cpu[key].append((cpu_seconds(pid) - cpu_before) / max(1, result.requests))
-            med: dict[str, dict[str, float]] = {
-                k: {
-                    f: median([getattr(r, f) for r in rs])
-                    for f in ("rps", "p50_ms", "p95_ms", "p99_ms")
-                }
-                for k, rs in runs.items()
-            }
-            bad = {k: sum(r.errors + r.non2xx for r in rs) for k, rs in runs.items()}
-            report.data["wrk_runs"] = {k: [r.to_dict() for r in rs] for k, rs in runs.items()}
-            report.data["medians"] = med
-            labels = {"on": "instrumented", "off": "uninstrumented", "bare": "bare endpoint"}
-            for k in ("on", "off", "bare"):
-                m = med[k]
-                report.figure(
-                    f"rps_{k}",
-                    m["rps"],
-                    "req/s",
-                    f"{labels[k]}, median of {reps} x {seconds:g}s, -c{conns}"
-                    + (f", {bad[k]} errors/non-2xx" if bad[k] else ""),
+            _warm(servers["instrumented"], users)
+            for v in chosen:
+                wrk(
+                    servers[v.key].url,
+                    DASHBOARD,
+                    users=users,
+                    seconds=1,
+                    headers=v.headers,
+                    connections=args.service_connections,
+                    scratch=root,
                 )
-                for q in ("p50", "p95", "p99"):
-                    report.figure(f"{q}_{k}", m[f"{q}_ms"], "ms", labels[k])
-            cpu_us = {k: median(v) * 1e6 for k, v in cpu.items()}
-            report.data["cpu_us_per_request"] = {k: [x * 1e6 for x in v] for k, v in cpu.items()}
-            for k in ("on", "off", "bare"):
-                report.figure(
-                    f"cpu_us_per_request_{k}",
-                    cpu_us[k],
-                    "us",
-                    f"{labels[k]}: server CPU time per request, median",
-                )
-            ratio_on_off = med["on"]["rps"] / med["off"]["rps"]
-            ratio_on_bare = med["on"]["rps"] / med["bare"]["rps"]
-            cost = 1 - ratio_on_off
+            runs, loads = _measure(chosen, servers, collector, args, root)
+            _report_runs(report, chosen, runs, args)
+            outcome = _report_ratios(report, compared, runs)
             report.figure(
-                "ratio_rps_on_vs_off",
-                ratio_on_off,
-                "x",
-                f"instrumentation cost {cost:.1%} (target <= {MAX_COST:.0%})",
+                "load_average_1m_median",
+                median(loads),
+                "",
+                f"min {min(loads):.2f}, max {max(loads):.2f} over the rotations",
             )
-            report.figure(
-                "ratio_rps_on_vs_bare",
-                ratio_on_bare,
-                "x",
-                "the service's share of the framework's ceiling",
-            )
-            cpu_ratio = cpu_us["on"] / cpu_us["off"]
-            report.figure(
-                "ratio_cpu_per_request_on_vs_off",
-                cpu_ratio,
-                "x",
-                f"instrumentation CPU cost {cpu_ratio - 1:.1%} per request "
-                "(steadier than req/s on a shared machine)",
-            )
-            report.figure("ratio_p99_on_vs_off", med["on"]["p99_ms"] / med["off"]["p99_ms"], "x")
-
-            progress(
-                NAME,
-                f"fixed rate {args.service_rate:g} req/s for "
-                f"{args.service_rate_seconds:g}s against the instrumented service",
-            )
-
-            def dashboard(rng: random.Random) -> load.Call:
-                return ("dashboard", "GET", f"/api/users/{rng.randint(1, users)}/dashboard", None)
-
-            fixed = load.run(
-                servers["on"].url, args.service_rate, args.service_rate_seconds, dashboard
-            )
-            report.data["fixed_rate"] = fixed.summary()
-            p95 = fixed.p(95)
-            report.figure(
-                "fixed_rate_p50",
-                fixed.p(50),
-                "ms",
-                f"{args.service_rate:g} req/s open loop, {fixed.sent} requests",
-            )
-            report.figure("fixed_rate_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
-            report.figure("fixed_rate_p99", fixed.p(99), "ms")
-            report.figure("fixed_rate_failed", fixed.failed, "requests")
+            traced = next(v for v in chosen if v.key == "traced")
+            p95, failed = _fixed_rate(report, servers[traced.key], traced, args)
+            if args.service_profile:
+                _profile(chosen, servers, args, root)
         finally:
             for s in servers.values():
                 s.stop()
-    ok_cost = cost <= MAX_COST
-    ok_p95 = p95 < P95_TARGET_MS and fixed.failed == 0
-    summary = (
-        f"instrumented {med['on']['rps']:.0f} req/s = {ratio_on_off:.3f}x uninstrumented "
-        f"(cost {cost:.1%}, target <= 5%: {'MET' if ok_cost else 'MISSED'}; CPU per request "
-        f"{cpu_ratio:.3f}x), "
-        f"{ratio_on_bare:.3f}x bare; p95 at {args.service_rate:g} req/s {p95:.1f} ms "
-        f"(target < 50 ms: {'MET' if ok_p95 else 'MISSED'})"
-    )
-    report.data["targets"] = {"cost_met": ok_cost, "p95_met": ok_p95}
-    report.finish(summary)
+    if collector.bad_requests:
+        raise BenchError(f"the collector received {collector.bad_requests} malformed exports")
+    ok_p95 = p95 < P95_TARGET_MS and failed == 0
+    report.data["targets"] = {**{k: met for k, (_, met) in outcome.items()}, "p95": ok_p95}
+    report.finish(_summary(outcome, runs, args, p95, ok_p95, loads))
     return report
