@@ -15,23 +15,43 @@ import pulumi_kubernetes as k8s
 from components import kube
 from components.app import App, AppArgs
 from components.app_env import AppEnv, AppEnvArgs
-from components.config import NAMESPACE, SECRET_KEYS, ConfigError, StackConfig, parse_config
 from components.migrations import Migration, MigrationArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import Postgres, PostgresArgs
 from components.redis import Redis, RedisArgs
+from contract.config import (
+    CONFIG_KEYS,
+    NAMESPACE,
+    SECRET_KEYS,
+    ConfigError,
+    StackConfig,
+    parse_config,
+)
+from contract.labels import standard_labels
 
 
 def stack_values() -> dict[str, Any]:
-    """Every ``portal:`` key of the stack (objects arrive JSON-encoded; ``parse_config`` decodes
-    them). Secret values are replaced by a marker: the model only records that they are set (an
-    empty one, the default Pulumi.yaml declares, means unset)."""
-    config = {**pulumi.runtime.config.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    """Every ``portal:`` key the model declares, read through ``pulumi.Config`` (objects arrive
+    JSON-encoded; ``parse_config`` decodes them). A secret is replaced by a marker: the model
+    only records that it is set (an empty one, the default Pulumi.yaml declares, means unset).
+    Keys the model does not declare are found among the names the Pulumi CLI hands the
+    program, so a misspelt key is refused with a suggestion."""
+    config = pulumi.Config(NAMESPACE)
+    values: dict[str, Any] = {}
+    for key in CONFIG_KEYS:
+        if key in SECRET_KEYS:
+            if pulumi.runtime.get_config(config.full_key(key)):
+                values[key] = "[secret]"
+            continue
+        value = config.get(key)
+        if value is not None:
+            values[key] = value
     prefix = f"{NAMESPACE}:"
-    values = {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
-    return {
-        key: "[secret]" if key in SECRET_KEYS and value else value for key, value in values.items()
-    }
+    for name in pulumi.runtime.get_config_env():
+        key = name.removeprefix(prefix)
+        if name.startswith(prefix) and key not in CONFIG_KEYS:
+            values[key] = pulumi.runtime.get_config(name)
+    return values
 
 
 def load_config() -> StackConfig:
@@ -50,7 +70,7 @@ namespace_resource = k8s.core.v1.Namespace(
         cfg.namespace,
         None,
         {
-            **kube.standard_labels(cfg, names.app, "namespace", cfg.app.version),
+            **standard_labels(cfg, names.app, "namespace", cfg.app.version),
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/warn": "restricted",
         },

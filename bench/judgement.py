@@ -161,7 +161,7 @@ def _record_track(
     prom: Any, track: str, version: str | None, start: int, end: int
 ) -> dict[str, Any]:
     """Per-second increments of requests, 5xx and latency buckets in [start, end]."""
-    from rollout.analysis import selector
+    from contract.promql import track_selector as selector
 
     sel = selector(track, version)
     err = selector(track, version, 'status=~"5.."')
@@ -697,7 +697,7 @@ def simulated(args: argparse.Namespace, report: Report) -> dict[str, Any]:
 
 
 def _stack_config(stack: str) -> Any:
-    from components.config import load_stack
+    from contract.config import load_stack
 
     if stack == "local":
         from rollout.local.stack import local_config

@@ -17,29 +17,36 @@ autoscaler owns the stable replicas. Those fields are left out of Pulumi's diffs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components import kube
-from components.app_env import ADMIN_TOKEN, DATABASE_URL, REDIS_URL, SENTRY_DSN
-from components.config import StackConfig
-from components.migrations import APP_COMMAND
-from components.prometheus_config import APP_METRICS_PATH, SCRAPE_ANNOTATIONS
-
-Track = Literal["stable", "canary"]
+from contract import ports
+from contract.config import StackConfig
+from contract.labels import (
+    API,
+    CANARY_ANNOTATION,
+    CANARY_WEIGHT_ANNOTATION,
+    TRACK,
+    VERSION,
+    Track,
+    app_selector,
+    selector,
+    standard_labels,
+)
+from contract.migration import APP_COMMAND
+from contract.names import ADMIN_TOKEN, DATABASE_URL, REDIS_URL, SENTRY_DSN
+from contract.prometheus_config import APP_METRICS_PATH, SCRAPE_ANNOTATIONS
 
 SERVICE_PORT = 80
 LIVENESS_PATH = "/api/health"
 READINESS_PATH = "/api/health/advanced"
-CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
-CANARY_WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
 
 CANARY_IGNORED = (
     "spec.replicas",
     "spec.template.spec.containers[0].image",
-    f'spec.template.metadata.labels["{kube.VERSION}"]',
+    f'spec.template.metadata.labels["{VERSION}"]',
 )
 """Fields of the canary Deployment the release engine owns (its container is the first)."""
 STABLE_IGNORED = ("spec.replicas",)
@@ -50,14 +57,9 @@ CANARY_INGRESS_IGNORED = (f'metadata.annotations["{CANARY_WEIGHT_ANNOTATION}"]',
 def pod_labels(cfg: StackConfig, track: Track) -> dict[str, str]:
     """Labels of a stable or canary pod (the contract with the release engine)."""
     return {
-        **kube.standard_labels(cfg, cfg.names.app, kube.API, cfg.app.version),
-        kube.TRACK: track,
+        **standard_labels(cfg, cfg.names.app, API, cfg.app.version),
+        TRACK: track,
     }
-
-
-def track_selector(cfg: StackConfig, track: Track) -> dict[str, str]:
-    """name + component + track: never the version, which changes."""
-    return {**kube.selector(cfg.names.app, kube.API), kube.TRACK: track}
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class App(pulumi.ComponentResource):
         names = cfg.names
         traffic = cfg.traffic
         child = pulumi.ResourceOptions(parent=self)
-        labels = kube.standard_labels(cfg, names.app, kube.API, cfg.app.version)
+        labels = standard_labels(cfg, names.app, API, cfg.app.version)
 
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",
@@ -200,7 +202,7 @@ class App(pulumi.ComponentResource):
             )
         else:
             self.services = {
-                "shared": service("shared", names.app, kube.selector(names.app, kube.API)),
+                "shared": service("shared", names.app, selector(names.app, API)),
             }
             self.ingress = ingress(
                 "ingress", names.ingress, self.services["shared"].metadata.name, None
@@ -216,8 +218,8 @@ class App(pulumi.ComponentResource):
                     kind="Deployment",
                     name=self.stable.metadata.name,
                 ),
-                min_replicas=cfg.app.hpa_min,
-                max_replicas=cfg.app.hpa_max,
+                min_replicas=cfg.app.hpa.min_replicas,
+                max_replicas=cfg.app.hpa.max_replicas,
                 metrics=[
                     k8s.autoscaling.v2.MetricSpecArgs(
                         type="Resource",
@@ -225,7 +227,7 @@ class App(pulumi.ComponentResource):
                             name="cpu",
                             target=k8s.autoscaling.v2.MetricTargetArgs(
                                 type="Utilization",
-                                average_utilization=cfg.app.hpa_cpu_percent,
+                                average_utilization=cfg.app.hpa.target_cpu_percent,
                             ),
                         ),
                     )
@@ -267,7 +269,7 @@ class App(pulumi.ComponentResource):
     ) -> k8s.apps.v1.DeploymentSpecArgs:
         cfg = args.config
         app = cfg.app
-        match = track_selector(cfg, track)
+        match = app_selector(cfg, track)
         return k8s.apps.v1.DeploymentSpecArgs(
             replicas=replicas,
             revision_history_limit=5,
@@ -291,7 +293,7 @@ class App(pulumi.ComponentResource):
                     service_account_name=self.service_account.metadata.name,
                     automount_service_account_token=False,
                     enable_service_links=False,
-                    security_context=kube.pod_security(kube.APP_UID),
+                    security_context=kube.pod_security(ports.APP_UID),
                     termination_grace_period_seconds=30,
                     topology_spread_constraints=[
                         k8s.core.v1.TopologySpreadConstraintArgs(
@@ -317,7 +319,7 @@ class App(pulumi.ComponentResource):
                 name="PORTAL_VERSION",
                 value_from=k8s.core.v1.EnvVarSourceArgs(
                     field_ref=k8s.core.v1.ObjectFieldSelectorArgs(
-                        field_path=f"metadata.labels['{kube.VERSION}']"
+                        field_path=f"metadata.labels['{VERSION}']"
                     ),
                 ),
             ),

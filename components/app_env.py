@@ -11,14 +11,10 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import kube
-from components.config import StackConfig
-from components.postgres import PORT as POSTGRES_PORT
-from components.redis import PORT as REDIS_PORT
-
-DATABASE_URL = "PORTAL_DATABASE_URL"
-REDIS_URL = "PORTAL_REDIS_URL"
-ADMIN_TOKEN = "PORTAL_ADMIN_TOKEN"  # noqa: S105 - the name of the env variable
-SENTRY_DSN = "SENTRY_DSN"
+from contract import ports
+from contract.config import StackConfig
+from contract.labels import API, standard_labels
+from contract.names import ADMIN_TOKEN, DATABASE_URL, REDIS_URL, SENTRY_DSN
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class AppEnv(pulumi.ComponentResource):
         super().__init__("portal:app_env:AppEnv", name, None, opts)
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
-        labels = kube.standard_labels(cfg, cfg.names.app, kube.API, cfg.app.version)
+        labels = standard_labels(cfg, cfg.names.app, API, cfg.app.version)
         token = random.RandomPassword(f"{name}-admin-token", length=40, special=False, opts=child)
 
         database_url: pulumi.Output[str] = pulumi.Output.secret(
@@ -63,13 +59,13 @@ class AppEnv(pulumi.ComponentResource):
                 cfg.postgres.user,
                 args.postgres_password,
                 args.postgres_host,
-                POSTGRES_PORT,
+                ports.POSTGRES,
                 cfg.postgres.database,
             )
         )
         redis_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.format(
-                "redis://:{0}@{1}:{2}/0", args.redis_password, args.redis_host, REDIS_PORT
+                "redis://:{0}@{1}:{2}/0", args.redis_password, args.redis_host, ports.REDIS
             )
         )
         data: dict[str, pulumi.Input[str]] = {

@@ -1,65 +1,28 @@
 """Building blocks the components share: standard labels, metadata, security contexts, probes,
 resources and env entries, as ``pulumi_kubernetes`` input types.
 
-Every object carries the standard ``app.kubernetes.io/*`` labels. Selectors use ``name`` and
-``component`` only (plus ``portal.dev/track`` for the app): labels that never change for the
-life of a workload, unlike ``version``.
+The labels themselves live in ``contract.labels`` (``portalctl`` reads them too).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import Resources, StackConfig
+from contract import security
+from contract.config import Resources, container_resources
 
-NAME = "app.kubernetes.io/name"
-INSTANCE = "app.kubernetes.io/instance"
-VERSION = "app.kubernetes.io/version"
-COMPONENT = "app.kubernetes.io/component"
-PART_OF = "app.kubernetes.io/part-of"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-TRACK = "portal.dev/track"
-
-# app.kubernetes.io/component of each workload.
-API = "api"
-MIGRATION = "migration"
-DATABASE = "database"
-CACHE = "cache"
-MONITORING = "monitoring"
-DASHBOARDS = "dashboards"
-TRACING = "tracing"
-CLUSTER_METRICS = "cluster-metrics"
-RELEASE_EVENTS = "release-events"
-
-APP_UID = 10001
-"""The uid the portal image runs as (its Dockerfile's USER)."""
-
-SIDECAR_RESOURCES = Resources("50m", "64Mi", "250m", "128Mi")
+SIDECAR_RESOURCES = container_resources("50m", "64Mi", "250m", "128Mi")
 """Requests and limits of the exporters, kube-state-metrics and the Pushgateway."""
 
 
 def image_tag(image: str) -> str:
     """The tag of an image pinned by tag (``repo:tag``)."""
     return image.rsplit(":", 1)[1]
-
-
-def selector(name: str, component: str) -> dict[str, str]:
-    """The labels a workload's selector and the NetworkPolicies match on."""
-    return {NAME: name, COMPONENT: component}
-
-
-def standard_labels(cfg: StackConfig, name: str, component: str, version: str) -> dict[str, str]:
-    """The six standard labels every object carries."""
-    return {
-        **selector(name, component),
-        INSTANCE: cfg.environment,
-        VERSION: version,
-        PART_OF: cfg.names.app,
-        MANAGED_BY: "pulumi",
-    }
 
 
 def metadata(
@@ -76,28 +39,19 @@ def metadata(
     )
 
 
+def _snake(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-level camelCase keys as the Args classes spell them (nested values pass as they are)."""
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(): value for key, value in spec.items()}
+
+
 def pod_security(uid: int, gid: int | None = None) -> k8s.core.v1.PodSecurityContextArgs:
-    """Non-root pods with the runtime's default seccomp profile; volumes owned by ``gid``."""
-    group = uid if gid is None else gid
-    return k8s.core.v1.PodSecurityContextArgs(
-        run_as_non_root=True,
-        run_as_user=uid,
-        run_as_group=group,
-        fs_group=group,
-        fs_group_change_policy="OnRootMismatch",
-        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-    )
+    """``contract.security.pod`` as Pulumi input."""
+    return k8s.core.v1.PodSecurityContextArgs(**_snake(security.pod(uid, gid)))
 
 
 def container_security(uid: int | None = None) -> k8s.core.v1.SecurityContextArgs:
-    """No privilege escalation, no capabilities, a read-only root filesystem."""
-    return k8s.core.v1.SecurityContextArgs(
-        allow_privilege_escalation=False,
-        read_only_root_filesystem=True,
-        run_as_non_root=True,
-        run_as_user=uid,
-        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-    )
+    """``contract.security.container`` as Pulumi input."""
+    return k8s.core.v1.SecurityContextArgs(**_snake(security.container(uid)))
 
 
 def resources(r: Resources) -> k8s.core.v1.ResourceRequirementsArgs:

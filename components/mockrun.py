@@ -21,7 +21,6 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.config import set_all_config
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -242,7 +241,7 @@ def _run(
     platform_mocks = PlatformMocks(password)
     monitor = RecordingMonitor(platform_mocks)
     config = {**config_map(values), **config_map(secrets)}
-    set_all_config(config, [f"{PROJECT}:{key}" for key in secrets])
+    pulumi.runtime.set_all_config(config, [f"{PROJECT}:{key}" for key in secrets])
     mocks.set_mocks(platform_mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     settings.SETTINGS.outputs.clear()
     started = time.perf_counter()

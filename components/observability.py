@@ -19,8 +19,18 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
-from components import alerts, dashboards, kube, prometheus_config
-from components.config import StackConfig
+from components import dashboards, kube
+from contract import alerts, ports, prometheus_config
+from contract.config import StackConfig
+from contract.labels import (
+    CLUSTER_METRICS,
+    DASHBOARDS,
+    MONITORING,
+    RELEASE_EVENTS,
+    TRACING,
+    selector,
+    standard_labels,
+)
 
 PROMETHEUS_UID = 65534
 GRAFANA_UID = 472
@@ -112,7 +122,7 @@ class Observability(pulumi.ComponentResource):
         return pulumi.ResourceOptions(parent=self)
 
     def _labels(self, name: str, component: str, image: str) -> dict[str, str]:
-        return kube.standard_labels(self._cfg, name, component, kube.image_tag(image))
+        return standard_labels(self._cfg, name, component, kube.image_tag(image))
 
     def _service(
         self,
@@ -170,8 +180,8 @@ class Observability(pulumi.ComponentResource):
         cfg = self._cfg
         obs = cfg.observability
         names = cfg.names
-        labels = self._labels(names.prometheus, kube.MONITORING, obs.prometheus_image)
-        match = kube.selector(names.prometheus, kube.MONITORING)
+        labels = self._labels(names.prometheus, MONITORING, obs.prometheus_image)
+        match = selector(names.prometheus, MONITORING)
         account = self._reader_account(
             "prometheus",
             names.prometheus,
@@ -269,8 +279,8 @@ class Observability(pulumi.ComponentResource):
         cfg = self._cfg
         names = cfg.names
         image = cfg.observability.pushgateway_image
-        labels = self._labels(names.pushgateway, kube.RELEASE_EVENTS, image)
-        match = kube.selector(names.pushgateway, kube.RELEASE_EVENTS)
+        labels = self._labels(names.pushgateway, RELEASE_EVENTS, image)
+        match = selector(names.pushgateway, RELEASE_EVENTS)
         container = k8s.core.v1.ContainerArgs(
             name="pushgateway",
             image=image,
@@ -322,8 +332,8 @@ class Observability(pulumi.ComponentResource):
         cfg = self._cfg
         names = cfg.names
         image = cfg.observability.kube_state_metrics_image
-        labels = self._labels(names.kube_state_metrics, kube.CLUSTER_METRICS, image)
-        match = kube.selector(names.kube_state_metrics, kube.CLUSTER_METRICS)
+        labels = self._labels(names.kube_state_metrics, CLUSTER_METRICS, image)
+        match = selector(names.kube_state_metrics, CLUSTER_METRICS)
         account = self._reader_account(
             "kube-state-metrics",
             names.kube_state_metrics,
@@ -342,7 +352,7 @@ class Observability(pulumi.ComponentResource):
                 ),
             ],
         )
-        port = prometheus_config.KUBE_STATE_METRICS_PORT
+        port = ports.KUBE_STATE_METRICS
         container = k8s.core.v1.ContainerArgs(
             name="kube-state-metrics",
             image=image,
@@ -390,8 +400,8 @@ class Observability(pulumi.ComponentResource):
         cfg = self._cfg
         obs = cfg.observability
         names = cfg.names
-        labels = self._labels(names.jaeger, kube.TRACING, obs.jaeger_image)
-        match = kube.selector(names.jaeger, kube.TRACING)
+        labels = self._labels(names.jaeger, TRACING, obs.jaeger_image)
+        match = selector(names.jaeger, TRACING)
         container = k8s.core.v1.ContainerArgs(
             name="jaeger",
             image=obs.jaeger_image,
@@ -451,8 +461,8 @@ class Observability(pulumi.ComponentResource):
         cfg = self._cfg
         obs = cfg.observability
         names = cfg.names
-        labels = self._labels(names.grafana, kube.DASHBOARDS, obs.grafana_image)
-        match = kube.selector(names.grafana, kube.DASHBOARDS)
+        labels = self._labels(names.grafana, DASHBOARDS, obs.grafana_image)
+        match = selector(names.grafana, DASHBOARDS)
         password = random.RandomPassword(
             f"{self._name}-grafana-password", length=24, special=False, opts=self._opts()
         )

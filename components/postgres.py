@@ -11,18 +11,23 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import kube
-from components.config import StackConfig
-from components.prometheus_config import POSTGRES_EXPORTER_PORT
+from contract import ports
+from contract.config import StackConfig
+from contract.labels import API, DATABASE, MIGRATION, MONITORING, selector, standard_labels
+from contract.names import (
+    POSTGRES_DATABASE_KEY as DATABASE_KEY,
+)
+from contract.names import (
+    POSTGRES_PASSWORD_KEY as PASSWORD_KEY,
+)
+from contract.names import (
+    POSTGRES_USER_KEY as USER_KEY,
+)
 
-PORT = 5432
-UID = 70
-"""The postgres user of the official alpine image."""
+PORT = ports.POSTGRES
+UID = ports.POSTGRES_UID
 EXPORTER_UID = 65534
 DATA_DIR = "/var/lib/postgresql/data"
-
-USER_KEY = "POSTGRES_USER"
-PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name
-DATABASE_KEY = "POSTGRES_DB"
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,13 @@ class Postgres(pulumi.ComponentResource):
         pg = cfg.postgres
         names = cfg.names
         child = pulumi.ResourceOptions(parent=self)
-        labels = kube.standard_labels(cfg, names.postgres, kube.DATABASE, kube.image_tag(pg.image))
-        match = kube.selector(names.postgres, kube.DATABASE)
+        labels = standard_labels(cfg, names.postgres, DATABASE, kube.image_tag(pg.image))
+        match = selector(names.postgres, DATABASE)
 
         password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
-            metadata=kube.metadata(f"{names.postgres}-auth", args.namespace, labels),
+            metadata=kube.metadata(names.postgres_secret, args.namespace, labels),
             type="Opaque",
             string_data={
                 USER_KEY: pg.user,
@@ -78,7 +83,7 @@ class Postgres(pulumi.ComponentResource):
                 selector=match,
                 ports=[
                     kube.service_port("postgres", PORT, "postgres"),
-                    kube.service_port("metrics", POSTGRES_EXPORTER_PORT, "metrics"),
+                    kube.service_port("metrics", ports.POSTGRES_EXPORTER, "metrics"),
                 ],
             ),
             opts=child,
@@ -122,7 +127,7 @@ class Postgres(pulumi.ComponentResource):
         exporter = k8s.core.v1.ContainerArgs(
             name="postgres-exporter",
             image=pg.exporter_image,
-            ports=[kube.port("metrics", POSTGRES_EXPORTER_PORT)],
+            ports=[kube.port("metrics", ports.POSTGRES_EXPORTER)],
             env=[
                 kube.env("DATA_SOURCE_URI", f"127.0.0.1:{PORT}/{pg.database}?sslmode=disable"),
                 kube.env_from_secret("DATA_SOURCE_USER", secret_name, USER_KEY),
@@ -182,14 +187,14 @@ class Postgres(pulumi.ComponentResource):
                 ingress=[
                     kube.ingress_from(
                         [
-                            kube.selector(names.app, kube.API),
-                            kube.selector(names.app, kube.MIGRATION),
+                            selector(names.app, API),
+                            selector(names.app, MIGRATION),
                         ],
                         [PORT],
                     ),
                     kube.ingress_from(
-                        [kube.selector(names.prometheus, kube.MONITORING)],
-                        [POSTGRES_EXPORTER_PORT],
+                        [selector(names.prometheus, MONITORING)],
+                        [ports.POSTGRES_EXPORTER],
                     ),
                 ],
             ),

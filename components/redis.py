@@ -15,10 +15,11 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import kube
-from components.config import StackConfig
-from components.prometheus_config import REDIS_EXPORTER_PORT
+from contract import ports
+from contract.config import StackConfig
+from contract.labels import API, CACHE, MONITORING, selector, standard_labels
 
-PORT = 6379
+PORT = ports.REDIS
 UID = 999
 """The redis user of the official alpine image."""
 GID = 1000
@@ -53,8 +54,8 @@ class Redis(pulumi.ComponentResource):
         rd = cfg.redis
         names = cfg.names
         child = pulumi.ResourceOptions(parent=self)
-        labels = kube.standard_labels(cfg, names.redis, kube.CACHE, kube.image_tag(rd.image))
-        match = kube.selector(names.redis, kube.CACHE)
+        labels = standard_labels(cfg, names.redis, CACHE, kube.image_tag(rd.image))
+        match = selector(names.redis, CACHE)
 
         password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
         self.secret = k8s.core.v1.Secret(
@@ -102,7 +103,7 @@ class Redis(pulumi.ComponentResource):
         exporter = k8s.core.v1.ContainerArgs(
             name="redis-exporter",
             image=rd.exporter_image,
-            ports=[kube.port("metrics", REDIS_EXPORTER_PORT)],
+            ports=[kube.port("metrics", ports.REDIS_EXPORTER)],
             env=[
                 kube.env("REDIS_ADDR", f"redis://127.0.0.1:{PORT}"),
                 kube.env_from_secret("REDIS_PASSWORD", secret_name, PASSWORD_KEY),
@@ -139,7 +140,7 @@ class Redis(pulumi.ComponentResource):
                 selector=self.deployment.spec.selector.match_labels,
                 ports=[
                     kube.service_port("redis", PORT, "redis"),
-                    kube.service_port("metrics", REDIS_EXPORTER_PORT, "metrics"),
+                    kube.service_port("metrics", ports.REDIS_EXPORTER, "metrics"),
                 ],
             ),
             opts=child,
@@ -151,9 +152,9 @@ class Redis(pulumi.ComponentResource):
                 pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
                 policy_types=["Ingress"],
                 ingress=[
-                    kube.ingress_from([kube.selector(names.app, kube.API)], [PORT]),
+                    kube.ingress_from([selector(names.app, API)], [PORT]),
                     kube.ingress_from(
-                        [kube.selector(names.prometheus, kube.MONITORING)], [REDIS_EXPORTER_PORT]
+                        [selector(names.prometheus, MONITORING)], [ports.REDIS_EXPORTER]
                     ),
                 ],
             ),

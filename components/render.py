@@ -21,9 +21,9 @@ from typing import Any
 import pulumi
 import yaml
 
-from components.config import SECRET_KEYS, ConfigError, read_stack_values, stack_file
 from components.mockrun import PROJECT_DIR, ProgramRun, run_program
 from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate
+from contract.config import SECRET_KEYS, ConfigError, read_stack_values, stack_file
 
 __all__ = ["KUBERNETES_VERSION", "InvalidManifest", "main", "manifests", "run_stack", "validate"]
 

@@ -67,8 +67,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
-from components.alerts import EXCLUDED_ROUTES  # probes and scrapes: the alerts skip them too
-from components.config import CanaryConfig, Slo
+from contract.config import CanaryConfig, Slo
+from contract.promql import track_selector
 from rollout.sequential import (
     log_e_above,
     log_e_below,
@@ -511,24 +511,14 @@ def _rounded(value: Any) -> Any:
 # ------------------------------------------------------------------------------------ queries
 
 
-def selector(track: str, version: str | None, extra: str = "") -> str:
-    """The label matchers of one track's user traffic (``extra``: more matchers)."""
-    parts = [f'track="{track}"', f'route!~"{EXCLUDED_ROUTES}"']
-    if version:
-        parts.insert(1, f'version="{version}"')
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}"
-
-
 def queries(canary_version: str) -> dict[str, str]:
     """The PromQL of one reading: both tracks' cumulative counters summed over their
     instances, in two queries. ``latency``: the histogram's buckets by ``track`` and ``le``
     (its ``+Inf`` bucket counts every request); ``errors``: 5xx responses by ``track``."""
     parts: dict[str, list[str]] = {"latency": [], "errors": []}
     for track, version in (("canary", canary_version), ("stable", None)):
-        sel = selector(track, version)
-        err = selector(track, version, 'status=~"5.."')
+        sel = track_selector(track, version)
+        err = track_selector(track, version, 'status=~"5.."')
         parts["latency"].append(f"sum by (track, le) (http_request_duration_seconds_bucket{sel})")
         parts["errors"].append(f"sum by (track) (http_requests_total{err})")
     return {name: " or ".join(qs) for name, qs in parts.items()}

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from components.config import ConfigError, StackConfig, stack_file
+from contract.config import ConfigError, StackConfig, stack_file
 from rollout.engine import Outcome, ReleaseEngine, ReleaseError
 from rollout.events import Event
 from rollout.ledger import LedgerError, ReleaseInProgress

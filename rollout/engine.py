@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.config import StackConfig, Step, VerdictPolicy
+from contract.config import StackConfig, Step, VerdictPolicy
 from rollout.analysis import (
     Check,
     GateResult,

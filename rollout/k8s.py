@@ -21,7 +21,21 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from components.config import StackConfig
+from contract.config import StackConfig
+from contract.labels import (
+    CANARY_WEIGHT_ANNOTATION,
+    LEDGER,
+    MANAGED_BY,
+    PORTALCTL,
+    TRACK,
+    VERSION,
+    Track,
+    app_selector,
+    label_selector,
+    selector,
+)
+from contract.migration import migration_job
+from contract.names import NAMES
 from rollout import health
 from rollout.prometheus import Prometheus
 from rollout.target import (
@@ -35,9 +49,6 @@ from rollout.target import (
     TargetState,
 )
 
-WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
-VERSION_LABEL = "app.kubernetes.io/version"
-TRACK_LABEL = "portal.dev/track"
 LEDGER_KEY = "ledger.json"
 
 
@@ -70,11 +81,7 @@ class ConfigMapLedgerStore:
 
     def save(self, doc: dict[str, Any], token: str | None) -> str:
         data = {LEDGER_KEY: json.dumps(doc, sort_keys=True)}
-        labels = {
-            "app.kubernetes.io/name": "portal",
-            "app.kubernetes.io/component": "ledger",
-            "app.kubernetes.io/managed-by": "portalctl",
-        }
+        labels = {**selector(NAMES.app, LEDGER), MANAGED_BY: PORTALCTL}
         try:
             if token is None:
                 cm = self.core.create_namespaced_config_map(
@@ -215,9 +222,9 @@ class KubernetesTarget:
         stable_labels = stable.spec.template.metadata.labels or {}
         canary_labels = canary.spec.template.metadata.labels or {}
         return TargetState(
-            stable_version=str(stable_labels.get(VERSION_LABEL, "")),
+            stable_version=str(stable_labels.get(VERSION, "")),
             stable_image=self._image_of(stable, self.names.container),
-            canary_version=canary_labels.get(VERSION_LABEL),
+            canary_version=canary_labels.get(VERSION),
             canary_image=self._image_of(canary, self.names.container),
             canary_replicas=int(canary.spec.replicas or 0),
             canary_ready_replicas=int((canary.status and canary.status.ready_replicas) or 0),
@@ -232,7 +239,7 @@ class KubernetesTarget:
             ing = self.net.read_namespaced_ingress(self.names.canary_ingress, self.namespace)
         except ApiException as exc:
             raise _api_error(f"reading Ingress {self.names.canary_ingress}", exc) from exc
-        return int((ing.metadata.annotations or {}).get(WEIGHT, "0"))
+        return int((ing.metadata.annotations or {}).get(CANARY_WEIGHT_ANNOTATION, "0"))
 
     # ----------------------------------------------------------------------- rollout
 
@@ -264,7 +271,7 @@ class KubernetesTarget:
         body: dict[str, Any] = {
             "spec": {
                 "template": {
-                    "metadata": {"labels": {VERSION_LABEL: version}},
+                    "metadata": {"labels": {VERSION: version}},
                     "spec": {"containers": [{"name": self.names.container, "image": spec_image}]},
                 }
             }
@@ -301,7 +308,7 @@ class KubernetesTarget:
             self.net.patch_namespaced_ingress(
                 self.names.canary_ingress,
                 self.namespace,
-                {"metadata": {"annotations": {WEIGHT: str(weight)}}},
+                {"metadata": {"annotations": {CANARY_WEIGHT_ANNOTATION: str(weight)}}},
             )
         except ApiException as exc:
             raise _api_error(f"patching Ingress {self.names.canary_ingress}", exc) from exc
@@ -346,74 +353,15 @@ class KubernetesTarget:
 
     # ----------------------------------------------------------------------- migrations
 
-    def _job_body(self, spec: ReleaseSpec, phase: Phase, name: str) -> dict[str, Any]:
-        labels = {
-            "app.kubernetes.io/name": self.names.app,
-            "app.kubernetes.io/component": "migration",
-            "app.kubernetes.io/instance": self.cfg.environment,
-            "app.kubernetes.io/part-of": self.names.app,
-            "app.kubernetes.io/managed-by": "portalctl",
-            VERSION_LABEL: spec.version,
-        }
-        mig = self.cfg.migrations
-        security = {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        }
-        return {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "backoffLimit": mig.backoff_limit,
-                "activeDeadlineSeconds": mig.active_deadline_seconds,
-                "ttlSecondsAfterFinished": mig.ttl_seconds_after_finished,
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "automountServiceAccountToken": False,
-                        "securityContext": {
-                            "runAsNonRoot": True,
-                            "runAsUser": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "containers": [
-                            {
-                                "name": "migrate",
-                                "image": spec.image,
-                                "command": ["python", "-m", "app"],
-                                "args": ["migrate", "--phase", phase, "--json"],
-                                "env": [
-                                    {
-                                        "name": "PORTAL_DATABASE_URL",
-                                        "valueFrom": {
-                                            "secretKeyRef": {
-                                                "name": self.names.app_secret,
-                                                "key": "PORTAL_DATABASE_URL",
-                                            }
-                                        },
-                                    }
-                                ],
-                                "resources": self.cfg.app.resources.as_k8s(),
-                                "securityContext": security,
-                                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
-                            }
-                        ],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-                    },
-                },
-            },
-        }
-
     def run_migrations(self, spec: ReleaseSpec, phase: Phase) -> MigrationResult:
         if not spec.image:
             raise TargetError("a cluster release needs an image to run its migrations")
         name = self.names.migration_job(spec.version, phase)
         try:
-            self.batch.create_namespaced_job(self.namespace, self._job_body(spec, phase, name))
+            self.batch.create_namespaced_job(
+                self.namespace,
+                migration_job(self.cfg, spec.version, spec.image, phase, managed_by=PORTALCTL),
+            )
         except ApiException as exc:
             if exc.status != 409:  # AlreadyExists: this version's Job ran (or runs): wait on it
                 raise _api_error(f"creating Job {name}", exc) from exc
@@ -447,10 +395,8 @@ class KubernetesTarget:
 
     # ----------------------------------------------------------------------- reads (runbooks)
 
-    def pods(self, track: str | None = None) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/name={self.names.app},app.kubernetes.io/component=api"
-        if track:
-            selector += f",{TRACK_LABEL}={track}"
+    def pods(self, track: Track | None = None) -> list[dict[str, Any]]:
+        selector = label_selector(app_selector(self.cfg, track))
         try:
             pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector)
         except ApiException as exc:
@@ -465,8 +411,8 @@ class KubernetesTarget:
             out.append(
                 {
                     "name": pod.metadata.name,
-                    "track": labels.get(TRACK_LABEL),
-                    "version": labels.get(VERSION_LABEL),
+                    "track": labels.get(TRACK),
+                    "version": labels.get(VERSION),
                     "phase": pod.status.phase,
                     "ready": conditions.get("Ready") == "True",
                     "restarts": restarts,

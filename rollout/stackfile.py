@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from components.config import NAMESPACE
+from contract.config import NAMESPACE
 
 
 class StackFileError(RuntimeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import StackConfig, load_stack
+from contract.config import StackConfig, load_stack
 from rollout.target import Target, TargetError
 
 
@@ -16,15 +16,14 @@ def open_target(
     local_dir: Path | None = None,
 ) -> tuple[StackConfig, Target]:
     """``--local``: the local stack under ``local_dir`` (default
-    ``<project_dir>/.portal/local``) with its config (``canary.json`` there overrides the canary
-    settings); otherwise the stack file ``Pulumi.<stack>.yaml`` and the cluster of the current
-    kubeconfig context."""
+    ``<project_dir>/.portal/local``) with its config (``Pulumi.local.yaml`` there); otherwise
+    the stack file ``Pulumi.<stack>.yaml`` and the cluster of the current kubeconfig context."""
     if local:
-        from rollout.local.stack import LOCAL_DIR, local_stack_config
+        from rollout.local.stack import LOCAL_DIR, local_config
         from rollout.local.target import LocalTarget
 
         root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
-        return local_stack_config(root), LocalTarget.from_state(root)
+        return local_config(root), LocalTarget.from_state(root)
     if not stack:
         raise TargetError("say which stack: --stack staging|prod (or --local)")
     cfg = load_stack(stack, project_dir)

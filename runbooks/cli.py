@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
-from components.config import ConfigError, StackConfig
+from contract.config import ConfigError, StackConfig
 from rollout.local.servers import ServerError
 from rollout.target import Target, TargetError
 from runbooks.definitions import runbooks

@@ -1,4 +1,4 @@
-"""One runbook per alert rule of ``components.alerts``, with the thresholds of the stack config.
+"""One runbook per alert rule of ``contract.alerts``, with the thresholds of the stack config.
 
 The alert rules, the release gates and these runbooks read the same ``cfg.slo`` and
 ``cfg.alerts`` values, so "too slow" means one thing everywhere.
@@ -6,9 +6,9 @@ The alert rules, the release gates and these runbooks read the same ``cfg.slo`` 
 
 from __future__ import annotations
 
-from components import alerts as alert_rules
-from components.config import StackConfig
-from components.prometheus_config import JOB_REDIS
+from contract import promql
+from contract.config import StackConfig
+from contract.prometheus_config import JOB_REDIS
 from runbooks.model import (
     WINDOW,
     DbCheck,
@@ -66,7 +66,7 @@ def _templates(cfg: StackConfig, slug: str, title: str, metric: str, panel: Pane
 def _error_rate(cfg: StackConfig, by: str, severity: Severity) -> Query:
     return Query(
         title=f"Error rate (5xx share of user requests) by {by}",
-        promql=alert_rules.error_ratio_expr(by=by, window=WINDOW),
+        promql=promql.error_ratio_expr(by=by, window=WINDOW),
         op=">",
         threshold=cfg.slo.max_error_rate,
         unit="ratio",
@@ -78,7 +78,7 @@ def _error_rate(cfg: StackConfig, by: str, severity: Severity) -> Query:
 def _p95(cfg: StackConfig, by: str, severity: Severity) -> Query:
     return Query(
         title=f"p95 request latency by {by}",
-        promql=alert_rules.latency_quantile_expr(0.95, by=by, window=WINDOW),
+        promql=promql.latency_quantile_expr(0.95, by=by, window=WINDOW),
         op=">",
         threshold=cfg.slo.max_p95_ms / 1000,
         unit="seconds",
@@ -128,7 +128,7 @@ def _redis_errors(severity: Severity) -> Query:
 
 
 def runbooks(cfg: StackConfig) -> list[Runbook]:
-    """Every runbook, in the order of ``components.alerts.alerts(cfg)``."""
+    """Every runbook, in the order of ``contract.alerts.alerts(cfg)``."""
     a = cfg.alerts
     n = cfg.names
     ns = cfg.namespace

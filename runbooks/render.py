@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config import StackConfig, load_stack
+from contract.config import StackConfig, load_stack
 from runbooks.definitions import runbooks
 from runbooks.model import (
     DbCheck,

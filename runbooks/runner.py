@@ -25,7 +25,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.markup import escape
 
-from components.config import StackConfig
+from contract.config import StackConfig
 from rollout import health
 from rollout.ledger import Ledger, active_release, find_release
 from rollout.prometheus import Prometheus, PrometheusError

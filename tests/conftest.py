@@ -21,7 +21,9 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
+from contract.config import StackConfig, parse_config, read_stack_values, stack_file
 from rollout.local.servers import (
     NginxServer,
     PostgresServer,
@@ -29,7 +31,7 @@ from rollout.local.servers import (
     RedisServer,
     free_port,
 )
-from rollout.local.stack import LocalStack
+from rollout.local.stack import DEFAULT_STACK_FILE, STACK, LocalStack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,6 +134,31 @@ def running_local_stack(prefix: str) -> Iterator[LocalStack]:
         stack.down(lambda m: None)
         if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+def local_config_with(**canary: Any) -> StackConfig:
+    """The shipped local stack config with these ``portal:canary`` keys replaced."""
+    values = read_stack_values(DEFAULT_STACK_FILE)
+    values["canary"] = {**values["canary"], **canary}
+    return parse_config(values, STACK)
+
+
+@contextlib.contextmanager
+def local_stack_file(root: Path, **canary: Any) -> Iterator[Path]:
+    """``<root>/Pulumi.local.yaml`` with these ``portal:canary`` keys replaced, as every
+    ``portalctl --local`` started meanwhile reads it; the file is put back afterwards."""
+    path = stack_file(STACK, root)
+    before = path.read_text() if path.exists() else None
+    doc = yaml.safe_load(DEFAULT_STACK_FILE.read_text())
+    doc["config"]["portal:canary"].update(canary)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        yield path
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
 
 
 def _unique(prefix: str) -> str:

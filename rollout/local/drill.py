@@ -17,7 +17,7 @@ from rich.console import Console
 from rollout.engine import Outcome, ReleaseEngine
 from rollout.ledger import active_release
 from rollout.local.load import LoadGenerator
-from rollout.local.stack import STABLE_VERSION, LocalStack, local_config
+from rollout.local.stack import STABLE_VERSION, LocalStack
 from rollout.local.target import LocalTarget
 from rollout.progress import Progress
 from rollout.report import write_report
@@ -92,14 +92,13 @@ def run_drill(
     *,
     console: Console,
     rate_per_s: float = 40.0,
-    canary: dict[str, Any] | None = None,
     releases: tuple[tuple[str, dict[str, str], str, str], ...] = RELEASES,
 ) -> DrillResult:
     stack = LocalStack(root)
     console.rule("[bold]portal drill: local stack")
     state = stack.up(lambda m: console.print(f"• {m}"))
     target = LocalTarget(stack)
-    cfg = local_config(**(canary or {}))
+    cfg = stack.config()
     engine = ReleaseEngine(
         cfg,
         target,

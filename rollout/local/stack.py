@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from components import alerts, prometheus_config
-from components.config import StackConfig, parse_config
+from contract import alerts, prometheus_config
+from contract.config import StackConfig, load_stack, stack_file
 from rollout.local.servers import (
     ExporterServer,
     NginxServer,
@@ -49,49 +50,18 @@ DATABASE = "portal"
 Progress = Callable[[str], None]
 
 
-def local_config(**canary: Any) -> StackConfig:
-    """The stack config of the local target: staging's shape with windows short enough for a
-    drill of a few minutes. ``canary`` overrides ``portal:canary`` keys (tests use tiny windows)."""
-    values: dict[str, Any] = {
-        "environment": "local",
-        "namespace": "portal-local",
-        "app": {
-            "image": "portal",
-            "version": STABLE_VERSION,
-            "replicas": STABLE_INSTANCES,
-            "canaryReplicas": 1,
-        },
-        "traffic": {"mode": "replicas"},
-        "slo": {"maxErrorRate": 0.02, "maxP95Ms": 500},
-        "canary": {
-            "steps": [{"weight": w, "analysis": "15s"} for w in (10, 25, 50, 100)],
-            "interval": "2s",
-            "settle": "3s",
-            "minRequests": 20,
-            "leaseTtl": "15s",
-            "onInsufficientData": {"limit": "30s", "then": "fail"},
-            "onProviderError": {"limit": "20s", "then": "abort"},
-            **canary,
-        },
-        "observability": {"scrapeInterval": "1s"},
-        "alerts": {"for": "10s"},
-    }
-    return parse_config(values, "local")
+STACK = "local"
+DEFAULT_STACK_FILE = Path(__file__).with_name(f"Pulumi.{STACK}.yaml")
+"""The shipped config of the local stack; ``portalctl local up`` copies it into the stack's
+directory, where operators, drills and tests edit it."""
 
 
-def local_stack_config(root: Path) -> StackConfig:
-    """``local_config`` with the overrides of ``<root>/canary.json`` (a ``portal:canary``
-    mapping), so drills and tests can shorten or lengthen the windows of every ``portalctl``."""
-    path = Path(root) / "canary.json"
-    if not path.exists():
-        return local_config()
-    try:
-        overrides = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ServerError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ServerError(f"{path} must hold a mapping of portal:canary keys")
-    return local_config(**overrides)
+def local_config(root: Path | None = None) -> StackConfig:
+    """The local stack's config: ``<root>/Pulumi.local.yaml`` when there is one, else the shipped
+    default."""
+    if root is not None and stack_file(STACK, root).exists():
+        return load_stack(STACK, root)
+    return load_stack(STACK, DEFAULT_STACK_FILE.parent)
 
 
 def _python() -> str:
@@ -172,8 +142,12 @@ class LocalStack:
     def redis(self, state: dict[str, Any]) -> RedisServer:
         return RedisServer(self.root / "redis", int(state["ports"]["redis"]))
 
+    def config(self) -> StackConfig:
+        """This stack's config (its ``Pulumi.local.yaml``)."""
+        return local_config(self.root)
+
     def prometheus(self, state: dict[str, Any]) -> PrometheusServer:
-        cfg = local_config()
+        cfg = self.config()
         ports = state["ports"]
         targets = prometheus_config.Targets(
             prometheus=f"127.0.0.1:{ports['prometheus']}",
@@ -264,6 +238,9 @@ class LocalStack:
     def up(self, progress: Progress = print) -> dict[str, Any]:
         """Start what is not running (idempotent); return the state."""
         self.root.mkdir(parents=True, exist_ok=True)
+        if not stack_file(STACK, self.root).exists():
+            shutil.copyfile(DEFAULT_STACK_FILE, stack_file(STACK, self.root))
+        self.config()  # a broken stack file stops here, before anything starts
         os.chmod(self.root, 0o755)  # noqa: S103 - the postgres user must enter it
         for parent in self.root.parents:  # the postgres user must reach its directory
             if parent == Path("/"):

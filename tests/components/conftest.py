@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import load_stack
 from components.mockrun import ProgramRun
 from components.render import run_stack
+from contract.config import load_stack
 from tests.conftest import REPO
 
 STACKS = ("staging", "prod")

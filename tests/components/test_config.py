@@ -9,8 +9,8 @@ import re
 import pytest
 import yaml
 
-from components.config import ConfigError, parse_config, read_stack_values
 from components.mockrun import run_program
+from contract.config import ConfigError, parse_config, read_stack_values
 from tests.conftest import REPO
 
 BASE = read_stack_values(REPO / "Pulumi.prod.yaml")
@@ -161,3 +161,14 @@ def test_the_trace_sample_ratio_reaches_both_tracks_of_the_service():
         container = run.get("Deployment", name).manifest()["spec"]["template"]["spec"]
         env = {e["name"]: e.get("value") for e in container["containers"][0]["env"]}
         assert env["PORTAL_TRACE_SAMPLE_RATIO"] == "0.05", name
+
+
+def test_pulumi_yaml_documents_every_key_as_the_model_declares_it():
+    from contract.config import docs
+
+    documented = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
+    for key, entry in docs.pulumi_config().items():
+        assert documented.get(key) == entry, f"{key} drifted: run python -m contract.config.docs"
+    assert set(documented) == set(docs.pulumi_config())
+    text = (REPO / "Pulumi.yaml").read_text()
+    assert docs.updated(text) == text, "Pulumi.yaml is stale: run python -m contract.config.docs"

@@ -94,6 +94,26 @@ def test_the_backup_runs_only_where_configured(runs):
     assert "pg_dump" not in staging_job
 
 
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_portalctl_creates_the_same_migration_job_as_the_program(runs, configs, stack):
+    from components.render import validate
+    from contract.labels import MANAGED_BY
+    from contract.migration import migration_job
+
+    cfg = configs[stack]
+    name = cfg.names.migration_job(cfg.app.version)
+    program = runs[stack].get("Job", name).manifest()
+    by_portalctl = migration_job(cfg, cfg.app.version, cfg.app.stable_image, managed_by="portalctl")
+    validate(by_portalctl)
+    for job in (program, by_portalctl):
+        job["metadata"].pop("namespace", None)
+        for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+            labels.pop(MANAGED_BY)
+    assert by_portalctl == program
+    init = [c["name"] for c in by_portalctl["spec"]["template"]["spec"].get("initContainers", [])]
+    assert init == (["pg-dump", "s3-upload"] if cfg.migrations.backup.enabled else [])
+
+
 def test_the_canary_ingress_splits_traffic_and_the_engine_owns_its_weight(run):
     ingress = run.get("Ingress", "portal-canary")
     annotations = ingress.manifest()["metadata"]["annotations"]

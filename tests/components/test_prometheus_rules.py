@@ -12,8 +12,8 @@ import subprocess
 import pytest
 import yaml
 
-from components import alerts, prometheus_config
-from components.config import StackConfig
+from contract import alerts, prometheus_config, promql
+from contract.config import StackConfig
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -208,14 +208,14 @@ def cases(cfg: StackConfig) -> dict[str, tuple[list[dict], list[dict]]]:
         "PortalReleaseAborted": (
             [
                 _gauge(
-                    f'portal_release_aborted_timestamp_seconds{{job="{alerts.RELEASE_JOB}",'
+                    f'portal_release_aborted_timestamp_seconds{{job="{promql.RELEASE_JOB}",'
                     f'stack="{cfg.stack}",release="r1",version="2.0.0"}}',
                     300,
                 )
             ],
             [
                 _gauge(
-                    f'portal_release_aborted_timestamp_seconds{{job="{alerts.RELEASE_JOB}",'
+                    f'portal_release_aborted_timestamp_seconds{{job="{promql.RELEASE_JOB}",'
                     f'stack="{cfg.stack}",release="r1",version="2.0.0"}}',
                     -7200,
                 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import pytest
 
 from rollout.local.load import LoadGenerator
-from rollout.local.stack import LocalStack, local_config
+from rollout.local.stack import LocalStack
 from rollout.local.target import LocalTarget
-from tests.conftest import running_local_stack
+from tests.conftest import local_config_with, local_stack_file, running_local_stack
 
 FAST: dict[str, Any] = {
     "steps": [{"weight": 30, "analysis": "3s"}, {"weight": 100, "analysis": "3s"}],
@@ -26,7 +25,7 @@ FAST: dict[str, Any] = {
 
 
 def fast_config(**overrides: Any):
-    return local_config(**{**FAST, **overrides})
+    return local_config_with(**{**FAST, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,6 @@ def target(stack_root: Path, local_state: dict[str, Any]) -> LocalTarget:
     return LocalTarget(LocalStack(stack_root))
 
 
-def write_canary_overrides(root: Path, **overrides: Any) -> Path:
-    path = root / "canary.json"
-    path.write_text(json.dumps({**FAST, **overrides}))
-    return path
+def fast_stack_file(root: Path, **overrides: Any):
+    """The stack directory's ``Pulumi.local.yaml`` with the fast windows (and ``overrides``)."""
+    return local_stack_file(root, **{**FAST, **overrides})

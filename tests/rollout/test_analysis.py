@@ -25,6 +25,7 @@ from rollout.analysis import (
 )
 from rollout.local.stack import local_config
 from rollout.target import HealthProbe
+from tests.conftest import local_config_with
 
 CFG = local_config()  # slo 2% / 500 ms, minRequests 20, +1% over stable, p95 x1.5 and +50 ms
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
@@ -210,7 +211,7 @@ def test_the_relative_error_test_also_needs_the_share_test():
 
 def test_alpha_sets_how_much_evidence_a_fail_needs():
     h = history([(30, 6, 270, 0)])  # 20% errors, one interval
-    strict = local_config(alpha=0.0001).canary
+    strict = local_config_with(alpha=0.0001).canary
     assert judge(h).verdict == "FAIL"
     assert judge(h, strict).verdict != "FAIL"
 

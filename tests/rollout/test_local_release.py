@@ -24,7 +24,7 @@ from rollout.local.stack import LocalStack
 from rollout.report import render
 from rollout.target import ReleaseSpec
 
-from .conftest import fast_config, write_canary_overrides
+from .conftest import fast_config, fast_stack_file
 
 pytestmark = pytest.mark.slow
 PORTALCTL = [sys.executable, "-c", "from rollout.cli import main; main()"]
@@ -253,10 +253,8 @@ def _ctl(root: Path, *args: str, **kw):
 
 
 def test_portalctl_killed_between_steps_resumes_from_the_step_it_was_on(stack_root, target, load):
-    write_canary_overrides(
-        stack_root, steps=[{"weight": w, "analysis": "2s"} for w in (20, 50, 100)], leaseTtl="3s"
-    )
-    try:
+    steps = [{"weight": w, "analysis": "2s"} for w in (20, 50, 100)]
+    with fast_stack_file(stack_root, steps=steps, leaseTtl="3s"):
         proc = _ctl(stack_root, "release", "start", "--version", "10.0.0")
         ledger = Ledger(target.ledger())
         deadline = time.time() + 60
@@ -281,18 +279,13 @@ def test_portalctl_killed_between_steps_resumes_from_the_step_it_was_on(stack_ro
         assert weights.count(20) == 1, weights  # a finished step is never repeated
         assert weights[-1] == 100 and 50 in weights  # and none is skipped
         assert release["status"] == "PROMOTED"
-    finally:
-        (stack_root / "canary.json").unlink(missing_ok=True)
 
 
 def test_two_releases_at_once_on_one_stack_one_is_refused(stack_root, target, load):
-    write_canary_overrides(stack_root, steps=[{"weight": 50, "analysis": "3s"}])
-    try:
+    with fast_stack_file(stack_root, steps=[{"weight": 50, "analysis": "3s"}]):
         a = _ctl(stack_root, "release", "start", "--version", "11.0.0")
         b = _ctl(stack_root, "release", "start", "--version", "11.0.1")
         results = [(*p.communicate(timeout=120), p.returncode) for p in (a, b)]
-    finally:
-        (stack_root / "canary.json").unlink(missing_ok=True)
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], results
     refused = next(r for r in results if r[2] == 2)

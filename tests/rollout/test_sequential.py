@@ -23,6 +23,7 @@ from rollout.sequential import (
     lower_bound,
     upper_bound,
 )
+from tests.conftest import local_config_with
 
 BETA = stats.beta(*PRIOR)
 
@@ -142,7 +143,7 @@ def test_healthy_canaries_are_rolled_back_no_more_often_than_alpha():
     # A/A: canary and stable identical (0.5% and 1% background errors, the same latency), low
     # traffic, the local stack's steps, checked at every interval. alpha is raised to 5% so a
     # few hundred releases can tell a rate above it.
-    cfg = local_config(alpha=0.05)
+    cfg = local_config_with(alpha=0.05)
     sched = Schedule.of(cfg.canary)
     bounds = np.array(
         [

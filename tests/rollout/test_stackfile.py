@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from components.config import load_stack
+from contract.config import load_stack
 from rollout.stackfile import StackFileError, set_app_version
 from tests.conftest import REPO
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from components.config import load_stack, parse_config, read_stack_values
 from components.render import manifests, run_stack
+from contract.config import load_stack, parse_config, read_stack_values
 from rollout.k8s import KubernetesTarget
 from rollout.k8s_standin import KIND_TO_PLURAL, KubeStandin
 from tests.conftest import REPO

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.alerts import RUNBOOKS, alerts
+from contract.alerts import RUNBOOKS, alerts
 from runbooks.definitions import runbooks
 from runbooks.model import Query
 from runbooks.render import PROJECT_DIR, RUNBOOK_DIR, render_all, stack_configs, stale

@@ -17,6 +17,7 @@ from rollout.local.servers import Process, wait_until
 from rollout.local.stack import LocalStack, local_config
 from rollout.prometheus import Prometheus, PrometheusError
 from rollout.target import ReleaseSpec
+from tests.conftest import local_config_with
 
 from .conftest import run_runbook
 
@@ -164,7 +165,7 @@ def test_cache_flush_deletes_the_matching_keys_in_redis(target):
 
 
 def test_release_aborted_starts_from_the_incident_and_records_its_actions_there(target):
-    cfg = local_config(
+    cfg = local_config_with(
         steps=[{"weight": 50, "analysis": "6s"}],
         interval="1s",
         settle="1s",
@@ -274,7 +275,7 @@ def test_a_stack_whose_cluster_cannot_be_reached_is_one_line_and_exit_2(tmp_path
 def test_rollback_during_a_release_goes_through_the_engine_and_lands_in_its_incident(target):
     import threading
 
-    cfg = local_config(
+    cfg = local_config_with(
         steps=[{"weight": 50, "analysis": "60s"}],
         interval="1s",
         settle="1s",

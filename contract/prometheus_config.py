@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
-from components.config import StackConfig
+from contract import ports
+from contract.config import StackConfig
+from contract.labels import API, COMPONENT, NAME
 
 JOB_APP = "portal"
 JOB_POSTGRES = "postgres"
@@ -25,9 +27,6 @@ JOB_PROMETHEUS = "prometheus"
 RULES_FILE = "alerts.yml"
 """The rule file, next to ``prometheus.yml`` (Prometheus resolves it relative to the config)."""
 
-POSTGRES_EXPORTER_PORT = 9187
-REDIS_EXPORTER_PORT = 9121
-KUBE_STATE_METRICS_PORT = 8080
 
 APP_METRICS_PATH = "/metrics"
 SCRAPE_ANNOTATIONS = {
@@ -57,10 +56,10 @@ def kubernetes_targets(cfg: StackConfig) -> Targets:
     n = cfg.names
     return Targets(
         prometheus=f"localhost:{n.prometheus_port}",
-        postgres_exporter=f"{n.postgres}:{POSTGRES_EXPORTER_PORT}",
-        redis_exporter=f"{n.redis}:{REDIS_EXPORTER_PORT}",
+        postgres_exporter=f"{n.postgres}:{ports.POSTGRES_EXPORTER}",
+        redis_exporter=f"{n.redis}:{ports.REDIS_EXPORTER}",
         pushgateway=f"{n.pushgateway}:{n.pushgateway_port}",
-        kube_state_metrics=f"{n.kube_state_metrics}:{KUBE_STATE_METRICS_PORT}",
+        kube_state_metrics=f"{n.kube_state_metrics}:{ports.KUBE_STATE_METRICS}",
         app=None,
     )
 
@@ -87,10 +86,10 @@ def _app_discovery(cfg: StackConfig) -> dict[str, Any]:
         "relabel_configs": [
             {
                 "source_labels": [
-                    pod_label + _label("app.kubernetes.io/name"),
-                    pod_label + _label("app.kubernetes.io/component"),
+                    pod_label + _label(NAME),
+                    pod_label + _label(COMPONENT),
                 ],
-                "regex": f"{cfg.names.app};api",
+                "regex": f"{cfg.names.app};{API}",
                 "action": "keep",
             },
             {

@@ -15,8 +15,16 @@ from typing import Any, Literal
 
 import yaml
 
-from components.config import StackConfig
-from components.prometheus_config import JOB_REDIS
+from contract.config import StackConfig
+from contract.prometheus_config import JOB_REDIS
+from contract.promql import (
+    RELEASE_ABORTED,
+    RELEASE_JOB,
+    WINDOW,
+    error_ratio_expr,
+    latency_quantile_expr,
+    number,
+)
 
 RUNBOOKS: dict[str, str] = {
     "PortalHighErrorRate": "high-error-rate",
@@ -31,15 +39,6 @@ RUNBOOKS: dict[str, str] = {
     "PortalReleaseAborted": "release-aborted",
 }
 """Alert name -> runbook slug (``runbooks/<slug>.md``). The runbooks rely on these names."""
-
-EXCLUDED_ROUTES = "/api/health.*|/metrics"
-"""Routes that are not user traffic: kept out of error-rate and latency expressions."""
-
-WINDOW = "5m"
-"""Rate window of the service expressions."""
-
-RELEASE_JOB = "portal_release"
-"""Pushgateway job under which ``portalctl`` publishes release events."""
 
 RELEASE_ABORTED_WINDOW_S = 3600
 """PortalReleaseAborted fires for this long after an abort (then resolves by itself)."""
@@ -63,45 +62,18 @@ class Alert:
         return RUNBOOKS[self.name]
 
 
-def _num(value: float) -> str:
-    """A threshold as PromQL and people read it (0.02, 0.5, 100)."""
-    return format(value, ".10g")
-
-
-def _traffic(extra: str = "") -> str:
-    selector = f'route!~"{EXCLUDED_ROUTES}"'
-    return "{" + (f"{extra}," if extra else "") + selector + "}"
-
-
-def error_ratio_expr(by: str = "track", window: str = WINDOW) -> str:
-    """Fraction of user requests answered 5xx, per ``by``."""
-    errors = _traffic('status=~"5.."')
-    return (
-        f"sum by ({by}) (rate(http_requests_total{errors}[{window}]))"
-        f" / sum by ({by}) (rate(http_requests_total{_traffic()}[{window}]))"
-    )
-
-
-def latency_quantile_expr(quantile: float, by: str = "track", window: str = WINDOW) -> str:
-    """Request latency quantile in seconds, per ``by``."""
-    return (
-        f"histogram_quantile({_num(quantile)}, sum by ({by}, le) "
-        f"(rate(http_request_duration_seconds_bucket{_traffic()}[{window}])))"
-    )
-
-
 def alerts(cfg: StackConfig) -> list[Alert]:
     """Every alert of the stack, in runbook order."""
     a = cfg.alerts
     n = cfg.names
     ns = cfg.namespace
-    slo_pct = _num(cfg.slo.max_error_rate * 100)
+    slo_pct = number(cfg.slo.max_error_rate * 100)
     workloads = f"{n.stable}|{n.canary}"
     return [
         Alert(
             name="PortalHighErrorRate",
             severity="critical",
-            expr=f"{error_ratio_expr()} > {_num(cfg.slo.max_error_rate)}",
+            expr=f"{error_ratio_expr()} > {number(cfg.slo.max_error_rate)}",
             for_=a.for_duration,
             summary="Portal {{ $labels.track }} error rate is above the SLO",
             description=(
@@ -112,13 +84,13 @@ def alerts(cfg: StackConfig) -> list[Alert]:
         Alert(
             name="PortalHighLatency",
             severity="warning",
-            expr=f"{latency_quantile_expr(0.95)} > {_num(cfg.slo.max_p95_ms / 1000)}",
+            expr=f"{latency_quantile_expr(0.95)} > {number(cfg.slo.max_p95_ms / 1000)}",
             for_=a.for_duration,
             summary="Portal {{ $labels.track }} p95 latency is above the SLO",
             description=(
                 "p95 request latency of the {{ $labels.track }} track is "
                 "{{ $value | humanizeDuration }} over the last "
-                f"{WINDOW} (the SLO allows {_num(cfg.slo.max_p95_ms)} ms)."
+                f"{WINDOW} (the SLO allows {number(cfg.slo.max_p95_ms)} ms)."
             ),
         ),
         Alert(
@@ -126,13 +98,13 @@ def alerts(cfg: StackConfig) -> list[Alert]:
             severity="warning",
             expr=(
                 f"sum(rate(cache_hits_total[{WINDOW}])) / (sum(rate(cache_hits_total[{WINDOW}]))"
-                f" + sum(rate(cache_misses_total[{WINDOW}]))) < {_num(a.cache_hit_rate_min)}"
+                f" + sum(rate(cache_misses_total[{WINDOW}]))) < {number(a.cache_hit_rate_min)}"
             ),
             for_=a.for_duration,
             summary="Portal cache hit rate is low",
             description=(
                 "{{ $value | humanizePercentage }} of cache lookups were hits over the last "
-                f"{WINDOW} (expected at least {_num(a.cache_hit_rate_min * 100)}%)."
+                f"{WINDOW} (expected at least {number(a.cache_hit_rate_min * 100)}%)."
             ),
         ),
         Alert(
@@ -141,14 +113,14 @@ def alerts(cfg: StackConfig) -> list[Alert]:
             expr=(
                 "histogram_quantile(0.95, sum by (operation, le) "
                 f"(rate(db_query_duration_seconds_bucket[{WINDOW}]))) "
-                f"> {_num(a.slow_query_ms / 1000)}"
+                f"> {number(a.slow_query_ms / 1000)}"
             ),
             for_=a.for_duration,
             summary="Portal {{ $labels.operation }} queries are slow",
             description=(
                 "p95 duration of {{ $labels.operation }} queries is "
                 f"{{{{ $value | humanizeDuration }}}} over the last {WINDOW} "
-                f"(threshold {_num(a.slow_query_ms)} ms)."
+                f"(threshold {number(a.slow_query_ms)} ms)."
             ),
         ),
         Alert(
@@ -156,14 +128,14 @@ def alerts(cfg: StackConfig) -> list[Alert]:
             severity="critical",
             expr=(
                 "sum by (instance) (pg_stat_activity_count) / max by (instance) "
-                f"(pg_settings_max_connections) > {_num(a.pg_connections_max_ratio)}"
+                f"(pg_settings_max_connections) > {number(a.pg_connections_max_ratio)}"
             ),
             for_=a.for_duration,
             summary="Postgres connections are near max_connections",
             description=(
                 "{{ $value | humanizePercentage }} of max_connections are in use on "
                 "{{ $labels.instance }} (threshold "
-                f"{_num(a.pg_connections_max_ratio * 100)}%)."
+                f"{number(a.pg_connections_max_ratio * 100)}%)."
             ),
         ),
         Alert(
@@ -182,14 +154,14 @@ def alerts(cfg: StackConfig) -> list[Alert]:
             severity="warning",
             expr=(
                 "redis_memory_used_bytes / (redis_memory_max_bytes > 0) "
-                f"> {_num(a.redis_memory_max_ratio)}"
+                f"> {number(a.redis_memory_max_ratio)}"
             ),
             for_=a.for_duration,
             summary="Redis memory is near maxmemory",
             description=(
                 "Redis at {{ $labels.instance }} uses {{ $value | humanizePercentage }} of its "
                 f"maxmemory ({cfg.redis.max_memory}; threshold "
-                f"{_num(a.redis_memory_max_ratio * 100)}%); keys are being evicted."
+                f"{number(a.redis_memory_max_ratio * 100)}%); keys are being evicted."
             ),
         ),
         Alert(
@@ -226,7 +198,7 @@ def alerts(cfg: StackConfig) -> list[Alert]:
             name="PortalReleaseAborted",
             severity="warning",
             expr=(
-                "time() - max by (release, version) (portal_release_aborted_timestamp_seconds"
+                f"time() - max by (release, version) ({RELEASE_ABORTED}"
                 f'{{job="{RELEASE_JOB}",stack="{cfg.stack}"}}) < {RELEASE_ABORTED_WINDOW_S}'
             ),
             for_=None,

@@ -1,0 +1,85 @@
+"""The Kubernetes names the components create and ``portalctl`` and the runbooks use."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+NAMESPACE = "portal"
+"""The Pulumi config namespace: keys are written ``portal:<key>`` in the stack files."""
+
+Phase = Literal["expand", "contract"]
+"""A migration phase: ``expand`` before a release, ``contract`` once no older version runs."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """Object names of one stack (they do not vary between stacks: the namespace does)."""
+
+    app: str = "portal"
+    postgres: str = "postgres"
+    redis: str = "redis"
+    prometheus: str = "prometheus"
+    grafana: str = "grafana"
+    jaeger: str = "jaeger"
+    container: str = "portal"
+    """Name of the service container inside stable and canary pods."""
+    prometheus_port: int = 9090
+    pushgateway: str = "pushgateway"
+    """Service of the Pushgateway to which ``portalctl`` pushes release events."""
+    pushgateway_port: int = 9091
+    kube_state_metrics: str = "kube-state-metrics"
+
+    @property
+    def stable(self) -> str:
+        return f"{self.app}-stable"
+
+    @property
+    def canary(self) -> str:
+        return f"{self.app}-canary"
+
+    @property
+    def ingress(self) -> str:
+        return self.app
+
+    @property
+    def canary_ingress(self) -> str:
+        return f"{self.app}-canary"
+
+    @property
+    def ledger(self) -> str:
+        return f"{self.app}-releases"
+
+    @property
+    def app_secret(self) -> str:
+        return f"{self.app}-env"
+
+    @property
+    def postgres_secret(self) -> str:
+        """The Secret with the database's user, password and name (``*_KEY`` below)."""
+        return f"{self.postgres}-auth"
+
+    @property
+    def migration_job_prefix(self) -> str:
+        """Every migration Job's name starts with this (the alert rules match on it)."""
+        return f"{self.app}-migrate-"
+
+    def migration_job(self, version: str, phase: Phase = "expand") -> str:
+        """One Job per app version and phase, so a new release runs a new Job."""
+        slug = re.sub(r"[^a-z0-9-]+", "-", version.lower()).strip("-")
+        suffix = "" if phase == "expand" else f"-{phase}"
+        return f"{self.migration_job_prefix}{slug}"[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+NAMES = Names()
+
+DATABASE_URL = "PORTAL_DATABASE_URL"
+"""Key of the app Secret (and env variable of the app and the migration Job)."""
+REDIS_URL = "PORTAL_REDIS_URL"
+ADMIN_TOKEN = "PORTAL_ADMIN_TOKEN"  # noqa: S105 - the name of the env variable
+SENTRY_DSN = "SENTRY_DSN"
+
+POSTGRES_USER_KEY = "POSTGRES_USER"
+POSTGRES_PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name
+POSTGRES_DATABASE_KEY = "POSTGRES_DB"
