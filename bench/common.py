@@ -24,15 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rollout.local.servers import (
-    PostgresServer,
-    Process,
-    RedisServer,
-    ServerError,
-    free_port,
-    http_ok,
-    wait_until,
-)
+from rollout.local.processes import Process, ServerError, free_port, http_ok, wait_until
+from rollout.local.servers import PostgresServer, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

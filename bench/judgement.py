@@ -32,7 +32,7 @@ alone does what its config says.
 Recording (``--judgement-record``, about ten minutes, done once): the local stack
 (``rollout.local.stack.LocalStack``: real Postgres, Redis, nginx, Prometheus scraping every app
 instance each second) runs the drill's load; for each scenario a canary is deployed through
-``LocalTarget`` (good releases, and the fault switch ``PORTAL_FAULT_*``: 1%, 5%, 20% errors,
+the local target (good releases, and the fault switch ``PORTAL_FAULT_*``: 1%, 5%, 20% errors,
 +100 ms and +300 ms latency) and walked through the release steps' weights (10/25/50/100%).
 Prometheus' per-second cumulative series per track (requests, 5xx, latency histogram buckets)
 are turned into per-second increments and saved to ``bench/data/judgement-recording.json``.
@@ -184,9 +184,9 @@ def _record_track(
 def record(args: argparse.Namespace) -> Path:
     from rollout.local.load import LoadGenerator
     from rollout.local.stack import LocalStack
-    from rollout.local.target import LocalTarget
+    from rollout.local.target import local_target
+    from rollout.ports import ReleaseSpec
     from rollout.prometheus import Prometheus
-    from rollout.target import ReleaseSpec
 
     phase_s = [float(x) for x in str(args.judgement_phase_seconds).split(",")]
     if len(phase_s) != len(WEIGHTS) or min(phase_s) < 2 * BLOCK_S:
@@ -205,7 +205,7 @@ def record(args: argparse.Namespace) -> Path:
         stack = LocalStack(root / "local")
         state = stack.up(lambda m: progress(NAME, m))
         try:
-            target = LocalTarget(stack)
+            target = local_target(stack)
             prom = Prometheus(state["prometheus_url"])
             load = LoadGenerator(state["nginx_url"], rate_per_s=args.judgement_rate).start()
             try:
@@ -214,11 +214,12 @@ def record(args: argparse.Namespace) -> Path:
                     version = f"2.0.{n}"
                     steps = ", ".join(f"{w}% {d:g}s" for w, d in zip(WEIGHTS, phase_s, strict=True))
                     progress(NAME, f"recording {name} ({desc}): canary {version}, {steps}")
-                    target.deploy_canary(ReleaseSpec(f"bench-{name}", version, None, env), 1)
+                    stack.set_version_env(version, env)
+                    target.workloads.deploy_canary(ReleaseSpec(f"bench-{name}", version), 1)
                     time.sleep(2)  # discovered and scraped once before it takes traffic
                     phases = []
                     for w, seconds in zip(WEIGHTS, phase_s, strict=True):
-                        target.set_weight(w)
+                        target.router.set_weight(w)
                         start = math.ceil(time.time())
                         time.sleep(seconds)
                         phases.append((w, start, math.floor(time.time())))
@@ -232,7 +233,7 @@ def record(args: argparse.Namespace) -> Path:
                                 "stable": _record_track(prom, "stable", None, start, end),
                             }
                         )
-                    target.rollback()
+                    target.workloads.rollback()
                     doc["scenarios"][name] = {
                         "fault": desc,
                         "env": env,

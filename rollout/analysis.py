@@ -69,6 +69,7 @@ from scipy import special
 
 from contract.config import CanaryConfig, Slo
 from contract.promql import track_selector
+from rollout.ports import HealthProbe
 from rollout.sequential import (
     log_e_above,
     log_e_below,
@@ -77,7 +78,6 @@ from rollout.sequential import (
     lower_bound,
     upper_bound,
 )
-from rollout.target import HealthProbe
 
 Verdict = Literal["PASS", "FAIL", "INSUFFICIENT_DATA", "PROVIDER_ERROR"]
 QUANTILE = 0.95

@@ -6,14 +6,13 @@ wrong; nothing was changed); 3 held - a human must promote, abort or resume.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,12 +20,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from contract.config import ConfigError, StackConfig, stack_file
-from rollout.engine import Outcome, ReleaseEngine, ReleaseError
+from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine, ReleaseError
 from rollout.events import Event
 from rollout.ledger import LedgerError, ReleaseInProgress
-from rollout.local.servers import ServerError
+from rollout.local.processes import ServerError
+from rollout.ports import ReleaseSpec, Target, TargetError
 from rollout.progress import Progress
-from rollout.target import ReleaseSpec, Target, TargetError
 
 EXIT_BAD_INPUT = 2
 EXIT_HELD = 3
@@ -89,40 +88,27 @@ def _engine(
     show: Callable[[Event], None] | None = None,
 ) -> ReleaseEngine:
     stackfile = None if local or not stack else stack_file(stack, project_dir)
-    push = getattr(target, "pushgateway_url", None)
-    prometheus = getattr(target, "prometheus", None)  # a cluster's carries the credentials
-    return ReleaseEngine(
-        cfg,
-        target,
-        events=show,
-        stackfile=stackfile,
-        pushgateway_url=push if isinstance(push, str) else None,
-        prometheus=prometheus() if callable(prometheus) else None,
-    )
+    return ReleaseEngine(cfg, target, events=show, stackfile=stackfile)
 
 
 def _user() -> str:
     return os.environ.get("PORTALCTL_USER") or os.environ.get("USER") or "operator"
 
 
+_SHOWN = {
+    OutcomeStatus.PROMOTED: "[bold green]PROMOTED[/bold green]",
+    OutcomeStatus.HELD: "[bold yellow]HELD[/bold yellow]",
+    OutcomeStatus.ABORTED: "[bold red]ROLLED BACK[/bold red]",
+    OutcomeStatus.ROLLED_BACK: "[bold green]ROLLED BACK[/bold green]",
+}
+
+
 def _finish(outcome: Outcome) -> NoReturn:
-    if outcome.status == "PROMOTED":
+    console.print(f"{_SHOWN[outcome.status]} {outcome.release_id}: {escape(outcome.reason)}")
+    if outcome.incident is not None and outcome.incident.runbook:
         console.print(
-            f"[bold green]PROMOTED[/bold green] {outcome.release_id}: {escape(outcome.reason)}"
+            f"incident recorded; follow: portalctl runbook run {outcome.incident.runbook}"
         )
-    elif outcome.status == "HELD":
-        console.print(
-            f"[bold yellow]HELD[/bold yellow] {outcome.release_id}: {escape(outcome.reason)}"
-        )
-    else:
-        console.print(
-            f"[bold red]ROLLED BACK[/bold red] {outcome.release_id}: {escape(outcome.reason)}"
-        )
-        if outcome.incident:
-            console.print(
-                f"incident recorded; follow: portalctl runbook run "
-                f"{outcome.incident.get('runbook')}"
-            )
     raise typer.Exit(outcome.exit_code)
 
 
@@ -156,7 +142,11 @@ def release_start(
     version: Annotated[str | None, typer.Option(help="Version label (default: the tag).")] = None,
     env: Annotated[
         list[str] | None,
-        typer.Option("--env", help="NAME=value for the canary (local drills: the fault switch)."),
+        typer.Option(
+            "--env",
+            help="NAME=value for every instance of this version on the local stack "
+            "(drills: the app's fault switch).",
+        ),
     ] = None,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
@@ -178,8 +168,13 @@ def release_start(
             fail("--env is for local drills (the fault switch); a cluster release runs the image")
     extra = parse_env(env or [])
     cfg, target = _open(stack, local, project_dir, context, local_dir)
+    if local:
+        from rollout.local.stack import LOCAL_DIR, LocalStack
+
+        root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
+        LocalStack(root).set_version_env(str(version), extra)
     engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
-    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image, extra)))
+    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image)))
     assert outcome is not None
     _finish(outcome)
 
@@ -261,33 +256,32 @@ def release_status(
     except (LedgerError, TargetError, ServerError) as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps(status, indent=1, default=str))
+        print(status.model_dump_json(indent=1, by_alias=True))
         return
-    stable = status.get("stable") or {}
-    console.print(f"[bold]{cfg.stack}[/bold] on {target.name}: stable {stable.get('version', '?')}")
-    active = status.get("active")
-    if active:
-        lease = status.get("lease") or {}
-        holder = lease.get("holder") if status.get("lease_live") else "nobody (resume it)"
+    stable = status.stable.version if status.stable else "?"
+    console.print(f"[bold]{cfg.stack}[/bold] on {target.name}: stable {stable}")
+    active = status.active
+    if active is not None:
+        holder = status.lease.holder if status.lease and status.lease_live else None
         console.print(
-            f"in flight: {active['id']} {active['status']} at step "
-            f"{active['step'] + 1}/{len(active.get('steps', []))}, weight "
-            f"{active['weight']}%, driven by {holder}"
+            f"in flight: {active.id} {active.status} at step "
+            f"{active.step + 1}/{len(active.steps)}, weight "
+            f"{active.weight}%, driven by {holder or 'nobody (resume it)'}"
         )
     table = Table("release", "version", "status", "started", "ended", "reason")
-    for r in list(reversed(status["releases"]))[:limit]:
+    for r in list(reversed(status.releases))[:limit]:
         table.add_row(
-            r["id"],
-            r["version"],
-            r["status"],
-            _when(r.get("created_at")),
-            _when(r.get("ended_at")),
-            (r.get("reason") or "")[:80],
+            r.id,
+            r.version,
+            r.status,
+            _when(r.created_at),
+            _when(r.ended_at),
+            (r.reason or "")[:80],
         )
     console.print(table)
 
 
-def _when(ts: Any) -> str:
+def _when(ts: float | None) -> str:
     if not ts:
         return "-"
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -329,7 +323,7 @@ def rollback(
     engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(lambda: engine.rollback(to, force))
     assert outcome is not None
-    console.print(f"[bold green]ROLLED BACK[/bold green] {escape(outcome.reason)}")
+    _finish(outcome)
 
 
 # ------------------------------------------------------------------------------ local

@@ -7,7 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from rollout.target import HealthProbe
+from contract.labels import Track
+from rollout.ports import HealthProbe
 
 HEALTH_PATH = "/api/health/advanced"
 
@@ -24,7 +25,9 @@ def _failing_checks(body: dict[str, Any]) -> str:
     return ", ".join(bad)
 
 
-def probe(instance: str, base_url: str, timeout_s: float = 3.0) -> HealthProbe:
+def probe(
+    instance: str, base_url: str, timeout_s: float = 3.0, track: Track | None = None
+) -> HealthProbe:
     """Ask one instance (``base_url`` like ``http://127.0.0.1:8001``) how it is.
 
     ``ok`` only for HTTP 200 with status ``healthy``: a degraded canary (its cache down) is
@@ -42,11 +45,13 @@ def probe(instance: str, base_url: str, timeout_s: float = 3.0) -> HealthProbe:
         raw = exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return HealthProbe(instance, False, None, None, f"{url}: {reason}")
-    return from_response(instance, code, raw)
+        return HealthProbe(instance, False, None, None, f"{url}: {reason}", track)
+    return from_response(instance, code, raw, track)
 
 
-def from_response(instance: str, code: int | None, raw: bytes) -> HealthProbe:
+def from_response(
+    instance: str, code: int | None, raw: bytes, track: Track | None = None
+) -> HealthProbe:
     """A probe result from a status code and body (the Kubernetes target reads them through
     the API server's pod proxy)."""
     try:
@@ -60,4 +65,4 @@ def from_response(instance: str, code: int | None, raw: bytes) -> HealthProbe:
     else:
         failing = _failing_checks(body) if isinstance(body, dict) else ""
         detail = f"HTTP {code}, status {status or 'unknown'}" + (f": {failing}" if failing else "")
-    return HealthProbe(instance, ok, code, str(status) if status else None, detail)
+    return HealthProbe(instance, ok, code, str(status) if status else None, detail, track)

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from components import schemas
-from rollout.local.servers import free_port
+from rollout.local.processes import free_port
 
 # resource plural -> (api prefix, kind, apiVersion)
 RESOURCES: dict[str, tuple[str, str, str]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract.config import StackConfig, load_stack
-from rollout.target import Target, TargetError
+from rollout.ports import Target, TargetError
 
 
 def open_target(
@@ -19,16 +19,14 @@ def open_target(
     ``<project_dir>/.portal/local``) with its config (``Pulumi.local.yaml`` there); otherwise
     the stack file ``Pulumi.<stack>.yaml`` and the cluster of the current kubeconfig context."""
     if local:
-        from rollout.local.stack import LOCAL_DIR, local_config
-        from rollout.local.target import LocalTarget
+        from rollout.local.stack import LOCAL_DIR, LocalStack, local_config
+        from rollout.local.target import local_target
 
         root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
-        return local_config(root), LocalTarget.from_state(root)
+        return local_config(root), local_target(LocalStack(root))
     if not stack:
         raise TargetError("say which stack: --stack staging|prod (or --local)")
     cfg = load_stack(stack, project_dir)
-    try:
-        from rollout.k8s import KubernetesTarget  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - the module ships with the package
-        raise TargetError(f"the Kubernetes target is not available: {exc}") from exc
-    return cfg, KubernetesTarget.from_kubeconfig(cfg, context=context)
+    from rollout.k8s import from_kubeconfig
+
+    return cfg, from_kubeconfig(cfg, context=context)

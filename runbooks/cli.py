@@ -18,8 +18,8 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from contract.config import ConfigError, StackConfig
-from rollout.local.servers import ServerError
-from rollout.target import Target, TargetError
+from rollout.local.processes import ServerError
+from rollout.ports import Target, TargetError
 from runbooks.definitions import runbooks
 from runbooks.model import Runbook, action_name
 from runbooks.render import render_all
@@ -170,7 +170,7 @@ def run(
     if release is not None:
         from rollout.ledger import Ledger
 
-        if Ledger(target.ledger()).find(release) is None:
+        if Ledger(target.ledger).find(release) is None:
             fail(f"--release {release!r}: no such release in the ledger")
     user = os.environ.get("PORTALCTL_USER") or os.environ.get("USER") or "operator"
     runner = Runner(

@@ -24,13 +24,8 @@ import pytest
 import yaml
 
 from contract.config import StackConfig, parse_config, read_stack_values, stack_file
-from rollout.local.servers import (
-    NginxServer,
-    PostgresServer,
-    PrometheusServer,
-    RedisServer,
-    free_port,
-)
+from rollout.local.processes import free_port
+from rollout.local.servers import NginxServer, PostgresServer, PrometheusServer, RedisServer
 from rollout.local.stack import DEFAULT_STACK_FILE, STACK, LocalStack
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,31 +10,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from rollout.engine import Outcome, ReleaseEngine
-from rollout.ledger import active_release
+from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine
+from rollout.ledger import Action, LedgerDoc, Release, Stable, TransitionState
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import STABLE_VERSION, LocalStack
-from rollout.local.target import LocalTarget
+from rollout.local.target import local_target
+from rollout.ports import ReleaseSpec
 from rollout.progress import Progress
 from rollout.report import write_report
-from rollout.target import ReleaseSpec
 
-RELEASES: tuple[tuple[str, dict[str, str], str, str], ...] = (
-    ("2.0.0", {}, "PROMOTED", "healthy"),
-    ("3.0.0", {"PORTAL_FAULT_ERROR_RATE": "0.2"}, "ABORTED", "20% of requests fail"),
-    ("4.0.0", {"PORTAL_FAULT_LATENCY_MS": "300"}, "ABORTED", "+300 ms on every request"),
+RELEASES: tuple[tuple[str, dict[str, str], OutcomeStatus, str], ...] = (
+    ("2.0.0", {}, OutcomeStatus.PROMOTED, "healthy"),
+    ("3.0.0", {"PORTAL_FAULT_ERROR_RATE": "0.2"}, OutcomeStatus.ABORTED, "20% of requests fail"),
+    (
+        "4.0.0",
+        {"PORTAL_FAULT_LATENCY_MS": "300"},
+        OutcomeStatus.ABORTED,
+        "+300 ms on every request",
+    ),
 )
+"""Version, its environment on the local stack (the app's fault switches), the outcome the
+gates must reach, what is wrong with it."""
 
 
 @dataclass
 class DrillRelease:
     version: str
     fault: str
-    expected: str
+    expected: OutcomeStatus
     outcome: Outcome
     report: Path
     detect_s: float | None
@@ -58,33 +64,26 @@ class DrillResult:
     @property
     def false_rollbacks(self) -> int:
         return sum(
-            1 for r in self.releases if r.expected == "PROMOTED" and r.outcome.status == "ABORTED"
+            1
+            for r in self.releases
+            if r.expected is OutcomeStatus.PROMOTED and r.outcome.status is OutcomeStatus.ABORTED
         )
 
 
-def time_to_weight_zero(release: dict[str, Any]) -> float | None:
+def time_to_weight_zero(release: Release) -> float | None:
     """From the first ``set_weight`` to a non-zero weight being done, to the rollback done."""
-    first = next(
-        (
-            t
-            for t in release.get("transitions", [])
-            if t["action"] == "set_weight"
-            and t["args"].get("weight", 0) > 0
-            and t["state"] == "done"
-        ),
-        None,
-    )
-    back = next(
-        (
-            t
-            for t in release.get("transitions", [])
-            if t["action"] == "rollback" and t["state"] == "done"
-        ),
-        None,
-    )
+
+    def done_at(action: Action, nonzero: bool = False) -> float | None:
+        for t in release.transitions:
+            counts = not nonzero or (t.args.weight or 0) > 0
+            if t.action is action and t.state is TransitionState.DONE and counts:
+                return t.done_at if t.done_at is not None else t.at
+        return None
+
+    first, back = done_at(Action.SET_WEIGHT, nonzero=True), done_at(Action.ROLLBACK)
     if first is None or back is None:
         return None
-    return float(back.get("done_at", back["at"])) - float(first.get("done_at", first["at"]))
+    return back - first
 
 
 def run_drill(
@@ -92,31 +91,26 @@ def run_drill(
     *,
     console: Console,
     rate_per_s: float = 40.0,
-    releases: tuple[tuple[str, dict[str, str], str, str], ...] = RELEASES,
+    releases: tuple[tuple[str, dict[str, str], OutcomeStatus, str], ...] = RELEASES,
 ) -> DrillResult:
     stack = LocalStack(root)
     console.rule("[bold]portal drill: local stack")
     state = stack.up(lambda m: console.print(f"• {m}"))
-    target = LocalTarget(stack)
+    target = local_target(stack)
     cfg = stack.config()
-    engine = ReleaseEngine(
-        cfg,
-        target,
-        events=Progress(console, quiet_passes=True),
-        pushgateway_url=state["pushgateway_url"],
-    )
-    doc = engine.ledger.read()
-    if active_release(doc) is not None:
+    engine = ReleaseEngine(cfg, target, events=Progress(console, quiet_passes=True))
+    if engine.ledger.read().active() is not None:
         console.print("• aborting a release left in flight by an earlier run")
         engine.request("abort", "drill")
-    if target.state().stable_version != STABLE_VERSION:
+    if target.workloads.state().stable_version != STABLE_VERSION:
         console.print(f"• returning stable to {STABLE_VERSION} for a fresh drill")
-        target.set_stable(STABLE_VERSION, None)
-        engine.ledger.update(
-            lambda d: d.update(
-                stable={"version": STABLE_VERSION, "image": None, "release_id": None, "at": 0.0}
-            )
-        )
+        stack.set_version_env(STABLE_VERSION, {})
+        target.workloads.set_stable(STABLE_VERSION, None)
+
+        def fresh(doc: LedgerDoc) -> None:
+            doc.stable = Stable(version=STABLE_VERSION)
+
+        engine.ledger.update(fresh)
 
     result = DrillResult()
     reports = root / "reports"
@@ -124,10 +118,16 @@ def run_drill(
     try:
         for version, env, expected, fault in releases:
             console.rule(f"[bold]release {version}: {fault} (expect {expected})")
-            outcome = engine.start(ReleaseSpec("", version, None, env))
-            record = engine.ledger.find(outcome.release_id) or {}
-            report = write_report(record, reports / f"{outcome.release_id}.html")
-            detect = time_to_weight_zero(record) if outcome.status == "ABORTED" else None
+            stack.set_version_env(version, env)
+            outcome = engine.start(ReleaseSpec("", version))
+            record = engine.ledger.find(outcome.release_id)
+            assert record is not None
+            report = write_report(
+                record.model_dump(mode="json"), reports / f"{outcome.release_id}.html"
+            )
+            detect = (
+                time_to_weight_zero(record) if outcome.status is OutcomeStatus.ABORTED else None
+            )
             result.releases.append(DrillRelease(version, fault, expected, outcome, report, detect))
             console.print(f"report: {report}")
     finally:

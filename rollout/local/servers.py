@@ -12,193 +12,26 @@ system user in a directory that user owns.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ServerError(RuntimeError):
-    """A server could not be started or stopped; the message names it and where its log is."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= int(resp.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_until(
-    check: Callable[[], bool],
-    timeout: float,
-    what: str,
-    log: Path | None = None,
-    alive: Callable[[], bool] | None = None,
-) -> None:
-    """Poll ``check`` until it is true; raise naming ``what`` (and its log tail) if it never is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if alive is not None and not alive():
-            raise ServerError(f"{what} exited during start-up{_log_tail(log)}")
-        time.sleep(0.05)
-    raise ServerError(f"{what} was not ready after {timeout:g}s{_log_tail(log)}")
-
-
-def _log_tail(log: Path | None, lines: int = 15) -> str:
-    if log is None or not log.exists():
-        return ""
-    tail = log.read_text(errors="replace").splitlines()[-lines:]
-    return f"; last lines of {log}:\n  " + "\n  ".join(tail)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
-    """Signal ``pid`` (and its process group when it leads one), escalating to SIGKILL."""
-    if not pid_alive(pid):
-        return
-    try:
-        pgid = os.getpgid(pid)
-        if pgid == pid:
-            os.killpg(pgid, sig)
-        else:
-            os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not pid_alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _find_binary(name: str, extra_globs: Sequence[str] = ()) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for pattern in (*extra_globs, f"/usr/sbin/{name}", f"/usr/bin/{name}"):
-        matches = sorted(glob.glob(pattern))
-        if matches:
-            return matches[-1]
-    raise ServerError(f"{name} is not installed; run `make deps` (scripts/bootstrap.sh) first")
-
-
-@dataclass
-class Process:
-    """A long-running child started in its own session, logging to a file, with a pid file."""
-
-    name: str
-    directory: Path
-    argv: list[str]
-    env: Mapping[str, str] | None = None
-    cwd: Path | None = None
-    pid: int | None = None
-    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def log(self) -> Path:
-        return self.directory / f"{self.name}.log"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.directory / f"{self.name}.pid"
-
-    def start(self) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ if self.env is None else self.env)
-        with open(self.log, "ab") as log:
-            self._popen = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.cwd,
-                start_new_session=True,
-            )
-        self.pid = self._popen.pid
-        self.pidfile.write_text(str(self.pid))
-        return self.pid
-
-    def alive(self) -> bool:
-        if self._popen is not None:
-            return self._popen.poll() is None
-        pid = self.pid or self.read_pid()
-        return pid is not None and pid_alive(pid)
-
-    def read_pid(self) -> int | None:
-        try:
-            return int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
-        pid = self.pid or self.read_pid()
-        if pid is not None:
-            stop_pid(pid, timeout, sig)
-            if self._popen is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._popen.wait(timeout=1)
-        with contextlib.suppress(FileNotFoundError):
-            self.pidfile.unlink()
-        self.pid = None
-        self._popen = None
-
-    def kill(self) -> None:
-        """SIGKILL, no grace: what a crash looks like."""
-        self.stop(timeout=5, sig=signal.SIGKILL)
-
+from rollout.local.processes import (
+    Process,
+    ServerError,
+    find_binary,
+    http_ok,
+    is_root,
+    log_tail,
+    pid_alive,
+    port_open,
+    wait_until,
+)
 
 # --------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -225,16 +58,16 @@ class PostgresServer:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def _bin(self, name: str) -> str:
-        return _find_binary(name, (f"/usr/lib/postgresql/*/bin/{name}",))
+        return find_binary(name, (f"/usr/lib/postgresql/*/bin/{name}",))
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        if _is_root():
+        if is_root():
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
 
     def _prepare_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        if _is_root():
+        if is_root():
             shutil.chown(self.directory, "postgres", "postgres")
             # The postgres user must be able to reach the directory through its parents.
             for parent in self.directory.parents:
@@ -300,7 +133,7 @@ class PostgresServer:
         if result.returncode != 0:
             raise ServerError(
                 f"PostgreSQL did not start on port {self.port}: {result.stderr.strip()}"
-                f"{_log_tail(self.log)}"
+                f"{log_tail(self.log)}"
             )
         return self
 
@@ -347,7 +180,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         argv = [
-            _find_binary("redis-server"),
+            find_binary("redis-server"),
             "--port",
             str(self.port),
             "--bind",
@@ -429,7 +262,7 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         self.write_config()
         argv = [
-            _find_binary("prometheus"),
+            find_binary("prometheus"),
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.directory / 'tsdb'}",
             f"--storage.tsdb.retention.time={self.retention}",
@@ -497,7 +330,7 @@ class NginxServer:
     def test_config(self) -> None:
         result = subprocess.run(
             [
-                _find_binary("nginx"),
+                find_binary("nginx"),
                 "-t",
                 "-p",
                 str(self.directory),
@@ -518,7 +351,7 @@ class NginxServer:
         self.write_config()
         self.test_config()
         argv = [
-            _find_binary("nginx"),
+            find_binary("nginx"),
             "-p",
             str(self.directory),
             "-c",
@@ -579,7 +412,7 @@ class ExporterServer:
         env = dict(os.environ)
         if self.kind == "postgres":
             argv = [
-                _find_binary("prometheus-postgres-exporter"),
+                find_binary("prometheus-postgres-exporter"),
                 f"--web.listen-address=127.0.0.1:{self.port}",
             ]
             env["DATA_SOURCE_NAME"] = (
@@ -587,7 +420,7 @@ class ExporterServer:
             )
         elif self.kind == "redis":
             argv = [
-                _find_binary("prometheus-redis-exporter"),
+                find_binary("prometheus-redis-exporter"),
                 f"-web.listen-address=127.0.0.1:{self.port}",
                 f"-redis.addr={self.target}",
             ]
@@ -622,7 +455,7 @@ class PushgatewayServer:
 
     def start(self, timeout: float = 20.0) -> PushgatewayServer:
         argv = [
-            _find_binary("prometheus-pushgateway"),
+            find_binary("prometheus-pushgateway"),
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
         self.process = Process("pushgateway", self.directory, argv)

@@ -24,14 +24,8 @@ import yaml
 
 from contract import alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
-from rollout.local.servers import (
-    ExporterServer,
-    NginxServer,
-    PostgresServer,
+from rollout.local.processes import (
     Process,
-    PrometheusServer,
-    PushgatewayServer,
-    RedisServer,
     ServerError,
     free_port,
     http_ok,
@@ -39,6 +33,14 @@ from rollout.local.servers import (
     port_open,
     stop_pid,
     wait_until,
+)
+from rollout.local.servers import (
+    ExporterServer,
+    NginxServer,
+    PostgresServer,
+    PrometheusServer,
+    PushgatewayServer,
+    RedisServer,
 )
 
 LOCAL_DIR = Path(".portal/local")
@@ -64,12 +66,12 @@ def local_config(root: Path | None = None) -> StackConfig:
     return load_stack(STACK, DEFAULT_STACK_FILE.parent)
 
 
-def _python() -> str:
+def python() -> str:
     return sys.executable
 
 
 def app_argv(port: int) -> list[str]:
-    return [_python(), "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [python(), "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
 @dataclass
@@ -133,6 +135,23 @@ class LocalStack:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         tmp.replace(self.state_path)
+
+    # ------------------------------------------------------------------ versions
+
+    def set_version_env(self, version: str, env: dict[str, str]) -> None:
+        """Give ``version`` an environment of its own (the app's fault switches, for drills):
+        the local stand-in for an image of that version that behaves so. Every instance of
+        the version, canary or stable, starts with it."""
+        state = self.load()
+        versions = state.setdefault("versions", {})
+        if env:
+            versions[version] = dict(env)
+        else:
+            versions.pop(version, None)
+        self.save(state)
+
+    def version_env(self, state: dict[str, Any], version: str) -> dict[str, str]:
+        return dict(state.get("versions", {}).get(version) or {})
 
     # ------------------------------------------------------------------ servers
 
@@ -237,6 +256,17 @@ class LocalStack:
 
     def up(self, progress: Progress = print) -> dict[str, Any]:
         """Start what is not running (idempotent); return the state."""
+        self._prepare_root()
+        state = self._state()
+        self._start_data(state, progress)
+        self._start_instances(state, progress)
+        self._start_monitoring(state, progress)
+        self.wait_for_scrapes(state, progress)
+        progress(f"local stack up: {state['nginx_url']} (Prometheus {state['prometheus_url']})")
+        return state
+
+    def _prepare_root(self) -> None:
+        """The directory with its stack file; the postgres user must be able to enter it."""
         self.root.mkdir(parents=True, exist_ok=True)
         if not stack_file(STACK, self.root).exists():
             shutil.copyfile(DEFAULT_STACK_FILE, stack_file(STACK, self.root))
@@ -248,22 +278,15 @@ class LocalStack:
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o001)
+
+    def _state(self) -> dict[str, Any]:
+        """The saved state, or a new one with free ports; with the servers' URLs."""
         try:
             state = self.load()
         except ServerError:
+            names = ("postgres", "redis", "prometheus", "nginx", "pushgateway")
             state = {
-                "ports": {
-                    k: free_port()
-                    for k in (
-                        "postgres",
-                        "redis",
-                        "prometheus",
-                        "nginx",
-                        "pushgateway",
-                        "postgres_exporter",
-                        "redis_exporter",
-                    )
-                },
+                "ports": {k: free_port() for k in (*names, "postgres_exporter", "redis_exporter")},
                 "admin_token": secrets.token_hex(16),
                 "weight": 0,
                 "stable_version": STABLE_VERSION,
@@ -277,7 +300,9 @@ class LocalStack:
         state["nginx_url"] = f"http://127.0.0.1:{ports['nginx']}"
         state["pushgateway_url"] = f"http://127.0.0.1:{ports['pushgateway']}"
         self.save(state)
+        return state
 
+    def _start_data(self, state: dict[str, Any], progress: Progress) -> None:
         pg = self.postgres(state)
         if not pg.running():
             progress(f"starting PostgreSQL on port {pg.port}")
@@ -291,6 +316,7 @@ class LocalStack:
             redis.start()
         self._migrate_and_seed(state, progress)
 
+    def _start_instances(self, state: dict[str, Any], progress: Progress) -> None:
         instances = self.instances(state)
         if not instances:
             instances = [
@@ -299,13 +325,15 @@ class LocalStack:
             ]
         for inst in instances:
             if inst.pid is None or not pid_alive(inst.pid):
-                progress(
-                    f"starting app {inst.name} ({inst.track} {inst.version}) on port {inst.port}"
-                )
+                where = f"({inst.track} {inst.version}) on port {inst.port}"
+                progress(f"starting app {inst.name} {where}")
                 self.start_instance(state, inst)
         state["instances"] = [i.to_dict() for i in instances]
         self.save(state)
 
+    def _start_monitoring(self, state: dict[str, Any], progress: Progress) -> None:
+        """nginx in front of the instances, the exporters, the Pushgateway and Prometheus."""
+        ports = state["ports"]
         nginx = self.nginx(state)
         self.write_routes(state, reload=False)
         if not nginx.running():
@@ -329,9 +357,6 @@ class LocalStack:
         if not prom.running():
             progress(f"starting Prometheus on port {prom.port} (1 s scrapes)")
             prom.start()
-        self.wait_for_scrapes(state, progress)
-        progress(f"local stack up: {state['nginx_url']} (Prometheus {state['prometheus_url']})")
-        return state
 
     def wait_for_scrapes(
         self, state: dict[str, Any], progress: Progress, timeout: float = 60.0
@@ -359,8 +384,8 @@ class LocalStack:
         env = {**os.environ, "PORTAL_DATABASE_URL": state["database_url"]}
         cwd = Path(__file__).resolve().parents[2]
         for argv, what in (
-            ([_python(), "-m", "app", "migrate", "--phase", "expand"], "migrating"),
-            ([_python(), "-m", "app", "seed", "--users", str(SEED_USERS)], "seeding"),
+            ([python(), "-m", "app", "migrate", "--phase", "expand"], "migrating"),
+            ([python(), "-m", "app", "seed", "--users", str(SEED_USERS)], "seeding"),
         ):
             if what == "seeding" and state.get("seeded"):
                 continue

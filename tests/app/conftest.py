@@ -27,7 +27,8 @@ from app.main import create_app
 from app.migrate import Runner
 from app.seed import Seeder
 from app.settings import Settings
-from rollout.local.servers import PostgresServer, free_port, http_ok
+from rollout.local.processes import free_port, http_ok
+from rollout.local.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_USERS = 300

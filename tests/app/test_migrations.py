@@ -289,7 +289,7 @@ def test_a_runner_gives_up_waiting_for_the_lock_with_one_line(pg_dsn):
 
 
 def test_an_unreachable_database_is_one_line_naming_where(tmp_path):
-    from rollout.local.servers import free_port
+    from rollout.local.processes import free_port
 
     port = free_port()
     result = run_cli("migrate", env={"PORTAL_DATABASE_URL": f"postgresql://u@127.0.0.1:{port}/x"})

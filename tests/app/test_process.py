@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from rollout.local.servers import free_port
+from rollout.local.processes import free_port
 from tests.app.conftest import migrate, run_cli, sql_one, wait_for
 
 

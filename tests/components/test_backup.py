@@ -17,7 +17,7 @@ from moto.server import ThreadedMotoServer
 
 from contract.config import parse_config, read_stack_values
 from contract.migration import DUMP_SCRIPT, UPLOAD_SCRIPT, migration_job
-from rollout.local.servers import free_port
+from rollout.local.processes import free_port
 from tests.conftest import REPO
 
 BUCKET = "acme-portal-backups"

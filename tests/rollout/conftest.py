@@ -10,7 +10,8 @@ import pytest
 
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import LocalStack
-from rollout.local.target import LocalTarget
+from rollout.local.target import local_target
+from rollout.ports import Target
 from tests.conftest import local_config_with, local_stack_file, running_local_stack
 
 FAST: dict[str, Any] = {
@@ -47,8 +48,13 @@ def load(local_state: dict[str, Any]) -> Iterator[LoadGenerator]:
 
 
 @pytest.fixture
-def target(stack_root: Path, local_state: dict[str, Any]) -> LocalTarget:
-    return LocalTarget(LocalStack(stack_root))
+def stack(stack_root: Path, local_state: dict[str, Any]) -> LocalStack:
+    return LocalStack(stack_root)
+
+
+@pytest.fixture
+def target(stack: LocalStack) -> Target:
+    return local_target(stack)
 
 
 def fast_stack_file(root: Path, **overrides: Any):

@@ -24,7 +24,7 @@ from rollout.analysis import (
     track_counts,
 )
 from rollout.local.stack import local_config
-from rollout.target import HealthProbe
+from rollout.ports import HealthProbe
 from tests.conftest import local_config_with
 
 CFG = local_config()  # slo 2% / 500 ms, minRequests 20, +1% over stable, p95 x1.5 and +50 ms

@@ -1,15 +1,32 @@
-"""The ledger never loses or doubles a transition: compare-and-swap, lease, atomic writes."""
+"""The ledger never loses or doubles a transition: compare-and-swap, lease, atomic writes; it is
+typed, versioned, and reads the documents of its first schema."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import pytest
 
-from rollout.ledger import FileLedgerStore, Ledger, lease_live
-from rollout.target import ConflictError
+from rollout.ledger import (
+    SCHEMA_VERSION,
+    Action,
+    FileLedgerStore,
+    Incident,
+    Lease,
+    Ledger,
+    LedgerDoc,
+    ReleaseStatus,
+    TransitionState,
+)
+from rollout.ports import ConflictError
+
+V1 = Path(__file__).with_name("data") / "ledger-v1.json"
+"""A ledger written by the code of the first schema: a promoted and an aborted release (with a
+fault switch in its record, an incident and a runbook's action), a contract migration, a
+scripted rollback and a runbook run that concerned no release."""
 
 
 def test_a_stale_token_is_refused(tmp_path):
@@ -32,10 +49,10 @@ def test_creating_twice_is_refused(tmp_path):
 def _take(path: str, holder: str, results) -> None:
     ledger = Ledger(FileLedgerStore(Path(path)), "s", "local")
 
-    def take(doc):
-        if lease_live(doc, 1e12 - 10):
+    def take(doc: LedgerDoc) -> bool:
+        if doc.lease_live(1e12 - 10):
             return False
-        doc["lease"] = {"holder": holder, "expires_at": 1e12}
+        doc.lease = Lease(holder=holder, expires_at=1e12)
         return True
 
     results.put((holder, ledger.update(take)))
@@ -54,22 +71,23 @@ def test_of_many_processes_racing_for_the_lease_exactly_one_wins(tmp_path):
     assert json.loads(Path(path).read_text())["lease"]["holder"] == won[0]
 
 
+def _append(path: str, i: int) -> None:
+    ledger = Ledger(FileLedgerStore(Path(path)), "s", "local")
+    for n in range(25):
+        incident = Incident(id=f"{i}-{n}", opened_at=0.0, reason="race")
+        ledger.update(lambda d, inc=incident: d.incidents.append(inc))
+
+
 def test_every_update_is_kept_under_concurrent_writers(tmp_path):
     path = str(tmp_path / "ledger.json")
-
     procs = [multiprocessing.Process(target=_append, args=(path, i)) for i in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     doc = json.loads(Path(path).read_text())
-    assert sorted(doc["releases"]) == sorted(f"{i}-{n}" for i in range(4) for n in range(25))
-
-
-def _append(path: str, i: int) -> None:
-    ledger = Ledger(FileLedgerStore(Path(path)), "s", "local")
-    for n in range(25):
-        ledger.update(lambda d, n=n: d["releases"].append(f"{i}-{n}"))
+    ids = sorted(inc["id"] for inc in doc["incidents"])
+    assert ids == sorted(f"{i}-{n}" for i in range(4) for n in range(25))
 
 
 def test_a_corrupt_ledger_is_reported_with_its_path(tmp_path):
@@ -80,9 +98,59 @@ def test_a_corrupt_ledger_is_reported_with_its_path(tmp_path):
 
 
 def test_incident_actions_are_appended_to_the_release(tmp_path):
-    ledger = Ledger(FileLedgerStore(tmp_path / "l.json"), "s", "local")
-    ledger.update(lambda d: d["releases"].append({"id": "r1", "version": "2", "incident": None}))
-    ledger.add_incident_action("r1", "flush-cache", "user:* (12 keys)", "dave")
-    incident = ledger.find("r1")["incident"]
-    assert incident["actions"][0]["action"] == "flush-cache"
-    assert incident["actions"][0]["by"] == "dave"
+    path = tmp_path / "l.json"
+    shutil.copy(V1, path)
+    ledger = Ledger(FileLedgerStore(path), "staging", "local")
+    promoted = ledger.read().releases[0]
+    assert promoted.incident is None
+    ledger.add_incident_action(promoted.id, "flush_cache", "user:* (12 keys)", "dave")
+    incident = ledger.find(promoted.id).incident
+    assert incident.reason == "opened by an operator" and incident.opened_by == "dave"
+    assert [(a.action, a.by) for a in incident.actions] == [("flush_cache", "dave")]
+
+
+def test_a_ledger_of_the_first_schema_is_read_and_written_back_in_the_current_one(tmp_path):
+    path = tmp_path / "ledger.json"
+    shutil.copy(V1, path)
+    ledger = Ledger(FileLedgerStore(path), "staging", "kubernetes:portal-staging")
+    doc = ledger.read()
+    promoted, aborted = doc.releases
+    assert promoted.status is ReleaseStatus.PROMOTED and aborted.status is ReleaseStatus.ABORTED
+    assert [t.action for t in promoted.transitions] == [
+        Action.MIGRATE_EXPAND,
+        Action.DEPLOY_CANARY,
+        Action.SET_WEIGHT,
+        Action.SET_WEIGHT,
+        Action.PROMOTE,
+    ]
+    assert all(t.state is TransitionState.DONE for t in promoted.transitions)
+    assert [t.args.weight for t in promoted.transitions if t.action is Action.SET_WEIGHT] == [
+        50,
+        100,
+    ]
+    incident = aborted.incident
+    assert incident.id == aborted.id and incident.gate == "metrics"
+    assert incident.check == "error_rate" and incident.values["canary"] == pytest.approx(0.3)
+    assert incident.actions[0].by == "runbook release-aborted: oncall"
+    (run,) = doc.incidents
+    assert run.runbook == "redis-down" and run.opened_by == "oncall"
+    assert run.findings[0].level == "critical"
+    assert doc.rollbacks[0].from_.version == "2.0.0" and doc.rollbacks[0].to.version == "1.0.0"
+    assert doc.contract_migrations[0].applied == ["0003_drop_users_username"]
+    assert [s.version for s in doc.stable_history] == ["1.0.0", "2.0.0", "1.0.0"]
+
+    ledger.update(lambda d: None)  # any write stores the current schema
+    raw = json.loads(path.read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION and "version" not in raw
+    assert "env" not in raw["releases"][1]  # the drill's fault switch is not a release's field
+    assert raw["rollbacks"][0]["from"]["version"] == "2.0.0"
+    assert ledger.read() == doc
+
+
+def test_statuses_and_actions_outside_the_enums_are_refused(tmp_path):
+    path = tmp_path / "ledger.json"
+    doc = json.loads(V1.read_text())
+    doc["releases"][0]["status"] = "PROMOTE"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(Exception, match="PROMOTE"):
+        Ledger(FileLedgerStore(path)).read()

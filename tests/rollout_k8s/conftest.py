@@ -11,8 +11,9 @@ from kubernetes import client
 
 from components.render import manifests, run_stack
 from contract.config import load_stack, parse_config, read_stack_values
-from rollout.k8s import KubernetesTarget
+from rollout.k8s import kubernetes_target
 from rollout.k8s_standin import KIND_TO_PLURAL, KubeStandin
+from rollout.ports import Target
 from tests.conftest import REPO
 
 
@@ -47,7 +48,7 @@ def cfg():
 
 
 @pytest.fixture
-def target(standin, cfg) -> KubernetesTarget:
-    return KubernetesTarget(
+def target(standin, cfg) -> Target:
+    return kubernetes_target(
         cfg, api_client(standin), poll_s=0.01, timeout_s=5, sleep=lambda s: None
     )

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from rollout.engine import ReleaseEngine
-from rollout.k8s import KubernetesTarget
-from rollout.local.servers import PushgatewayServer, free_port, wait_until
+from rollout.k8s import kubernetes_target
+from rollout.local.processes import free_port, wait_until
+from rollout.local.servers import PushgatewayServer
+from rollout.ports import ReleaseSpec
 from rollout.prometheus import Prometheus
-from rollout.target import ReleaseSpec
 
 from .conftest import api_client, config
 
@@ -103,12 +104,10 @@ def engine_on_cluster(standin, traffic, prometheus_factory, pushgateway):
         settle="0s",
         minRequests=5,
     )
-    target = KubernetesTarget(cfg, api_client(standin), poll_s=0.01, timeout_s=5)
+    target = kubernetes_target(cfg, api_client(standin), poll_s=0.01, timeout_s=5)
 
     def make():
-        return ReleaseEngine(
-            cfg, target, prometheus=target.prometheus(), pushgateway_url=target.pushgateway_url
-        )
+        return ReleaseEngine(cfg, target)
 
     return make, target
 
@@ -116,17 +115,17 @@ def engine_on_cluster(standin, traffic, prometheus_factory, pushgateway):
 def test_a_healthy_canary_is_promoted_through_the_api(engine_on_cluster, standin):
     make, target = engine_on_cluster
     engine = make()
-    assert "/services/prometheus:9090/proxy" in engine.prom.base_url
+    assert "/services/prometheus:9090/proxy" in target.telemetry.prometheus.base_url
     outcome = engine.start(ReleaseSpec("", "2.0.0", "ghcr.io/acme/portal:2.0.0"))
     assert outcome.status == "PROMOTED", outcome.reason
-    state = target.state()
+    state = target.workloads.state()
     assert state.stable_image == "ghcr.io/acme/portal:2.0.0" and state.weight == 0
     ingress_writes = [verb for verb, kind, _ in standin.writes if kind == "Ingress"]
     assert ingress_writes.count("patch") == 3  # 25%, 100%, back to 0
     ledger = engine.ledger.read()
-    assert ledger["stable"]["version"] == "2.0.0"
+    assert ledger.stable.version == "2.0.0"
     assert standin.get("ConfigMap", "portal-staging", "portal-releases")
-    assert standin.get("Job", "portal-staging", target.cfg.names.migration_job("2.0.0"))
+    assert standin.get("Job", "portal-staging", engine.cfg.names.migration_job("2.0.0"))
 
 
 def test_an_erroring_canary_is_rolled_back_through_the_api(engine_on_cluster, traffic, pushgateway):
@@ -134,8 +133,8 @@ def test_an_erroring_canary_is_rolled_back_through_the_api(engine_on_cluster, tr
     traffic.tracks["canary"]["errors"] = 0.3
     outcome = make().start(ReleaseSpec("", "2.0.0", "ghcr.io/acme/portal:2.0.0"))
     assert outcome.status == "ABORTED"
-    assert outcome.incident["check"] == "error_rate"
-    state = target.state()
+    assert outcome.incident.check == "error_rate"
+    state = target.workloads.state()
     assert state.weight == 0 and state.canary_replicas == 0
     assert state.stable_image == "ghcr.io/acme/portal:1.0.0"
     # the abort reached the Pushgateway through the API server (the PortalReleaseAborted alert)

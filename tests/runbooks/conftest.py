@@ -14,7 +14,8 @@ import pytest
 
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import LocalStack
-from rollout.local.target import LocalTarget
+from rollout.local.target import local_target
+from rollout.ports import Target
 from tests.conftest import running_local_stack
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -36,10 +37,15 @@ def load(stack_root: Path) -> Iterator[LoadGenerator]:
 
 
 @pytest.fixture
-def target(stack_root: Path, load: LoadGenerator) -> Iterator[LocalTarget]:
-    t = LocalTarget(LocalStack(stack_root))
+def stack(stack_root: Path, load: LoadGenerator) -> LocalStack:
+    return LocalStack(stack_root)
+
+
+@pytest.fixture
+def target(stack: LocalStack) -> Iterator[Target]:
+    t = local_target(stack)
     yield t
-    t.rollback()  # no canary outlives its test
+    t.workloads.rollback()  # no canary outlives its test
 
 
 def run_runbook(root: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,14 @@
+"""The release engine (``ReleaseEngine``) and how its runs end (``Outcome``)."""
+
+from rollout.engine.engine import LedgerStatus, ReleaseEngine
+from rollout.engine.outcome import Outcome, OutcomeStatus, ReleaseError
+from rollout.ledger import ReleaseInProgress
+
+__all__ = [
+    "LedgerStatus",
+    "Outcome",
+    "OutcomeStatus",
+    "ReleaseEngine",
+    "ReleaseError",
+    "ReleaseInProgress",
+]

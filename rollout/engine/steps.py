@@ -1,0 +1,275 @@
+"""One canary step: set the weight, let it settle, then check every interval until the analysis
+window ends. Each check round gives each gate one verdict, recorded in the ledger; a FAIL, an
+operator's request or a verdict policy's limit ends the step early with a ``Stop``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contract.config import Step, VerdictPolicy
+from rollout.analysis import (
+    Check,
+    GateResult,
+    MetricsSample,
+    Snapshot,
+    judge_health,
+    judge_metrics,
+    queries,
+    snapshots_of,
+    track_counts,
+)
+from rollout.engine.context import Context
+from rollout.engine.outcome import Stop, StopKind
+from rollout.ledger import Action, LedgerDoc, Request, require
+from rollout.ledger.model import RequestRecord, Sample, TransitionArgs, VerdictRecord
+from rollout.ports import ReleaseSpec, TargetError
+from rollout.prometheus import PrometheusError
+
+Transition = Callable[[str, Action, TransitionArgs, Callable[[], None]], None]
+
+
+@dataclass
+class _Window:
+    """The clock of one analysis window, and since when each non-verdict has lasted."""
+
+    start: float
+    since: dict[str, float] = field(default_factory=dict)
+
+
+class StepRunner:
+    def __init__(self, ctx: Context, transition: Transition) -> None:
+        self.ctx = ctx
+        self.canary = ctx.cfg.canary
+        self.transition = transition
+
+    def run(self, release_id: str, spec: ReleaseSpec, index: int, step: Step) -> None:
+        total = len(self.canary.steps)
+        if step.pause:
+            self.ctx.emit(
+                "paused",
+                release_id,
+                f"step {index + 1}/{total}: paused for approval - "
+                "`portalctl release promote` to continue, `abort` to roll back",
+                step=index,
+            )
+            raise Stop(StopKind.PAUSE, "paused for approval")
+        weight = int(step.weight or 0)
+        self.ctx.emit(
+            "step_started",
+            release_id,
+            f"step {index + 1}/{total}: {step.describe()}",
+            step=index,
+            weight=weight,
+        )
+        self.transition(
+            release_id,
+            Action.SET_WEIGHT,
+            TransitionArgs(weight=weight, step=index),
+            lambda: self.ctx.target.router.set_weight(weight),
+        )
+        self.ctx.emit(
+            "weight_set", release_id, f"canary weight {weight}%", step=index, weight=weight
+        )
+        self._analyse(release_id, spec, index, step, weight)
+
+    def _analyse(
+        self, release_id: str, spec: ReleaseSpec, index: int, step: Step, weight: int
+    ) -> None:
+        ctx, c = self.ctx, self.canary
+        streaks: dict[str, int] = {}
+        settle_until = ctx.clock() + c.settle_s
+        while ctx.clock() < settle_until:
+            ctx.sleep(min(c.interval_s, max(0.0, settle_until - ctx.clock())))
+            self._between_checks(release_id)
+            self._health(streaks, settling=True)
+        window = _Window(start=ctx.clock())
+        # the readings of the release so far: the evidence keeps growing across steps
+        release = require(ctx.ledger.read(), release_id)
+        history = snapshots_of([s.model_dump(mode="json") for s in release.samples])
+        opened = False
+        while True:
+            ctx.sleep(c.interval_s)
+            self._between_checks(release_id)
+            now = ctx.clock()
+            elapsed = now - window.start
+            health = self._health(streaks, settling=False)
+            metrics, sample = self._metrics(
+                spec, index, now, None if opened else window.start, history
+            )
+            if sample is not None:
+                history.extend(sample.snapshots)
+                opened = True
+            results = [health, metrics]
+            keep = elapsed >= step.analysis_s or any(r.verdict != "PASS" for r in results)
+            self._record(release_id, index, weight, elapsed, results, sample, keep)
+            for result in results:
+                ctx.emit(
+                    "verdict",
+                    release_id,
+                    f"{result.gate}: {result.verdict} - {result.reason}",
+                    step=index,
+                    weight=weight,
+                    data={"elapsed_s": elapsed, "window_s": step.analysis_s, **result.to_dict()},
+                )
+            if self._judge(window, now, health, metrics) and elapsed >= step.analysis_s:
+                ctx.emit(
+                    "info",
+                    release_id,
+                    f"step {index + 1} passed at {weight}%",
+                    step=index,
+                    weight=weight,
+                )
+                return
+
+    def _judge(self, window: _Window, now: float, health: GateResult, metrics: GateResult) -> bool:
+        """True when this round counts towards passing; a ``Stop`` when the release must end.
+        A verdict that is neither PASS nor FAIL keeps the weight until its policy's limit."""
+        c = self.canary
+        if health.verdict == "FAIL":
+            raise Stop(StopKind.ROLL_BACK, f"health gate failed: {health.reason}", health)
+        if metrics.verdict == "FAIL":
+            raise Stop(StopKind.ROLL_BACK, f"metrics gate failed: {metrics.reason}", metrics)
+        policies = {
+            "PROVIDER_ERROR": (c.on_provider_error, "onProviderError", "Prometheus unavailable"),
+            "INSUFFICIENT_DATA": (
+                c.on_insufficient_data,
+                "onInsufficientData",
+                "insufficient data",
+            ),
+        }
+        if metrics.verdict != "PROVIDER_ERROR":
+            window.since.pop("PROVIDER_ERROR", None)
+        if metrics.verdict not in policies:
+            window.since.clear()
+            return True
+        policy, key, what = policies[metrics.verdict]
+        lasted = now - window.since.setdefault(metrics.verdict, now)
+        _apply_policy(policy, key, what, lasted, metrics)
+        return False
+
+    def _between_checks(self, release_id: str) -> None:
+        """Act on promote/abort requests, and renew the lease when it runs low (each recorded
+        check round renews it too, so most rounds only read here)."""
+        ctx = self.ctx
+        now = ctx.clock()
+        doc = ctx.ledger.read()
+        lease = ctx.lease.check(doc)
+        pending = any(not r.handled for r in require(doc, release_id).requests)
+        if (
+            not pending
+            and lease.expires_at - now > self.canary.lease_ttl_s / 2 + self.canary.interval_s
+        ):
+            return
+        found: RequestRecord | None = None
+
+        def renew(doc: LedgerDoc) -> None:
+            nonlocal found
+            ctx.lease.renew(doc, now)
+            for req in require(doc, release_id).requests:
+                if not req.handled:
+                    req.handled = True
+                    found = req.model_copy()
+                    break
+
+        ctx.ledger.update(renew)
+        if found is None:
+            return
+        if found.action is Request.ABORT:
+            raise Stop(StopKind.ROLL_BACK, f"aborted by {found.by}")
+        raise Stop(StopKind.PROMOTE_NOW, f"promoted by {found.by} (remaining steps skipped)")
+
+    def _health(self, streaks: dict[str, int], settling: bool) -> GateResult:
+        try:
+            probes = self.ctx.target.diagnostics.probe("canary")
+        except TargetError as exc:
+            check = Check("health", "PROVIDER_ERROR", None, None, None, "", str(exc))
+            return GateResult("health", "PROVIDER_ERROR", (check,), str(exc))
+        for p in probes:
+            streaks[p.instance] = 0 if p.ok else streaks.get(p.instance, 0) + 1
+        result = judge_health(probes, streaks, self.canary)
+        if result.verdict == "FAIL" and settling:
+            reason = f"health gate failed while settling: {result.reason}"
+            raise Stop(StopKind.ROLL_BACK, reason, result)
+        return result
+
+    def _metrics(
+        self,
+        spec: ReleaseSpec,
+        index: int,
+        now: float,
+        window_start: float | None,
+        history: list[Snapshot],
+    ) -> tuple[GateResult, MetricsSample | None]:
+        """Read both tracks' counters (and, at a step's first check, as they were at
+        ``window_start``) and judge the release's readings so far."""
+        q = queries(spec.version)
+        prom = self.ctx.target.telemetry.prometheus
+
+        def read(at: float | None, opens: bool) -> Snapshot:
+            errors = [(e.labels, e.value) for e in prom.query(q["errors"], at)]
+            buckets = [(b.labels, b.value) for b in prom.query(q["latency"], at)]
+            return Snapshot(
+                at or now,
+                index,
+                track_counts("canary", errors, buckets),
+                track_counts("stable", errors, buckets),
+                opens,
+            )
+
+        try:
+            first = [read(window_start, True)] if window_start is not None else []
+            taken = [*first, read(None, False)]
+        except PrometheusError as exc:
+            check = Check("prometheus", "PROVIDER_ERROR", None, None, None, q["latency"], str(exc))
+            return GateResult("metrics", "PROVIDER_ERROR", (check,), str(exc)), None
+        result, window, stats = judge_metrics(
+            [*history, *taken], self.canary, self.ctx.cfg.slo, queries=q
+        )
+        return result, MetricsSample(tuple(taken), window, stats)
+
+    def _record(
+        self,
+        release_id: str,
+        index: int,
+        weight: int,
+        elapsed: float,
+        results: list[GateResult],
+        sample: MetricsSample | None,
+        keep: bool,
+    ) -> None:
+        ctx = self.ctx
+        now = ctx.clock()
+        point = Sample.model_validate(
+            {"at": now, "weight": weight, "step": index}
+            | (sample.to_dict() if sample is not None else {})
+            | {"verdicts": {r.gate: r.verdict for r in results}}
+        )
+        verdicts = [
+            VerdictRecord.model_validate(
+                {"step": index, "weight": weight, "at": now, "elapsed_s": round(elapsed, 3)}
+                | r.to_dict()
+            )
+            for r in results
+        ]
+
+        def add(doc: LedgerDoc) -> None:
+            ctx.lease.renew(doc, now)
+            release = require(doc, release_id)
+            release.samples.append(point)
+            if keep:
+                release.verdicts.extend(verdicts)
+
+        ctx.ledger.update(add)
+
+
+def _apply_policy(
+    policy: VerdictPolicy, key: str, what: str, lasted_s: float, result: GateResult
+) -> None:
+    """Once a verdict that is neither PASS nor FAIL has lasted its limit: hold or roll back."""
+    if lasted_s >= policy.limit_s:
+        raise Stop(
+            StopKind.HOLD if policy.then == "hold" else StopKind.ROLL_BACK,
+            f"{what} for {lasted_s:.0f}s ({key}: {policy.then}): {result.reason}",
+            result,
+        )

@@ -1,0 +1,117 @@
+"""What the runbooks read on a cluster: the app's pods (and their health through the pod
+proxy), recent events, Jobs; and where the database analysis reaches Postgres from here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from contract.config import StackConfig
+from contract.labels import TRACK, VERSION, Track, app_selector, label_selector
+from contract.names import DATABASE_URL
+from rollout import health
+from rollout.k8s.api import api_error
+from rollout.k8s.migrator import Jobs
+from rollout.ports import (
+    ClusterEvent,
+    HealthProbe,
+    Instance,
+    JobStatus,
+    Unavailable,
+)
+
+
+class KubeDiagnostics:
+    def __init__(self, cfg: StackConfig, api_client: client.ApiClient, jobs: Jobs) -> None:
+        self.cfg = cfg
+        self.namespace = cfg.namespace
+        self.core: Any = client.CoreV1Api(api_client)
+        self.jobs = jobs
+
+    def _pods(self, track: Track | None) -> list[Any]:
+        selector = label_selector(app_selector(self.cfg, track))
+        try:
+            return list(
+                self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+            )
+        except ApiException as exc:
+            raise api_error("listing pods", exc) from exc
+
+    def instances(self) -> list[Instance]:
+        out = []
+        for pod in self._pods(None):
+            labels = pod.metadata.labels or {}
+            conditions = {c.type: c.status for c in (pod.status.conditions or [])}
+            ready = conditions.get("Ready") == "True"
+            restarts = sum(int(s.restart_count or 0) for s in (pod.status.container_statuses or []))
+            out.append(
+                Instance(
+                    name=pod.metadata.name,
+                    track=labels.get(TRACK),
+                    version=labels.get(VERSION),
+                    ready=ready,
+                    detail=f"phase {pod.status.phase}, ready {ready}, restarts {restarts}",
+                    restarts=restarts,
+                )
+            )
+        return out
+
+    def probe(self, track: Track | None = None) -> list[HealthProbe]:
+        """``/api/health/advanced`` of each pod, through the API server's pod proxy."""
+        probes = []
+        for pod in self._pods(track):
+            name = pod.metadata.name
+            try:
+                resp = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{name}:{self.cfg.app.port}",
+                    self.namespace,
+                    "api/health/advanced",
+                    _preload_content=False,
+                )
+                code, raw = resp.status, resp.data
+            except ApiException as exc:
+                code, raw = exc.status, (exc.body or "").encode()
+            pod_track = (pod.metadata.labels or {}).get(TRACK)
+            probes.append(health.from_response(name, int(code), raw, pod_track))
+        return probes
+
+    def events(self, limit: int) -> list[ClusterEvent] | Unavailable:
+        try:
+            events = self.core.list_namespaced_event(self.namespace, limit=limit)
+        except ApiException as exc:
+            raise api_error("listing events", exc) from exc
+        return [
+            ClusterEvent(
+                type=str(e.type),
+                reason=str(e.reason),
+                message=str(e.message),
+                object=f"{e.involved_object.kind}/{e.involved_object.name}",
+            )
+            for e in events.items
+        ][-limit:]
+
+    def job(self, name: str) -> JobStatus | Unavailable | None:
+        return self.jobs.status(name)
+
+    def database_url(self) -> str | Unavailable:
+        dsn = os.environ.get(DATABASE_URL)
+        if dsn:
+            return dsn
+        return Unavailable(
+            f"set {DATABASE_URL} to the database (e.g. through `kubectl port-forward`) to run it"
+        )
+
+    def restart_hint(self) -> str | None:
+        return None
+
+
+def admin_unavailable(cfg: StackConfig) -> Unavailable:
+    """The service's admin endpoints are not called on a cluster (that takes the admin token of
+    the app Secret and create on pods/proxy): the runbooks say what to run instead."""
+    return Unavailable(
+        "the Kubernetes target does not call the app's admin endpoints (POST /api/admin/... on "
+        f"each pod with the admin token of Secret {cfg.names.app_secret})"
+    )

@@ -1,0 +1,173 @@
+"""Typed access to the ledger document in a ``LedgerStore`` (compare-and-swap writes).
+
+A write reads the document and its token, applies a change to a fresh copy and saves it only if
+the token is unchanged; on a conflict the whole read-change-save is retried (tenacity, with a
+growing pause). The local store is a JSON file replaced atomically under a file lock (filelock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock
+from pydantic import ValidationError
+from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_incrementing
+
+from rollout.ledger.model import Incident, IncidentAction, LedgerDoc, Release
+from rollout.ports import ConflictError, LedgerStore
+
+T = TypeVar("T")
+ATTEMPTS = 20
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be read or written (the message says where)."""
+
+
+class ReleaseInProgress(ConflictError):
+    """Another ``portalctl`` holds this stack's lease."""
+
+
+def new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class FileLedgerStore:
+    """The ledger as a JSON file. The token is a revision counter stored in the file; a save
+    happens under an exclusive lock on ``<file>.lock`` and replaces the file atomically (write a
+    temporary file, fsync, rename), so a crash leaves the old or the new document, never half."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = FileLock(self.path.with_name(self.path.name + ".lock"))
+
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return None, None
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise LedgerError(f"ledger {self.path} is not valid JSON: {exc}") from exc
+        return doc, str(doc.pop("_revision", 0))
+
+    def load(self) -> tuple[dict[str, Any] | None, str | None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            return self._read()
+
+    def save(self, doc: dict[str, Any], token: str | None) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            _, current = self._read()
+            if current != token:
+                raise ConflictError(f"ledger {self.path} changed since it was read")
+            revision = int(token or 0) + 1
+            body = json.dumps({**doc, "_revision": revision}, indent=1, sort_keys=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(self.path)
+            return str(revision)
+
+
+class Ledger:
+    """The document of one stack, read and changed as ``LedgerDoc``."""
+
+    def __init__(self, store: LedgerStore, stack: str = "", target: str = "") -> None:
+        self.store = store
+        self.stack = stack
+        self.target = target
+
+    def _load(self) -> tuple[LedgerDoc, str | None]:
+        raw, token = self.store.load()
+        if raw is None:
+            return LedgerDoc(stack=self.stack, target=self.target), None
+        try:
+            return LedgerDoc.model_validate(raw), token
+        except ValidationError as exc:
+            raise LedgerError(
+                f"the ledger of {self.stack or 'this stack'} is not valid: {exc}"
+            ) from exc
+
+    def read(self) -> LedgerDoc:
+        return self._load()[0]
+
+    def update(self, fn: Callable[[LedgerDoc], T], attempts: int = ATTEMPTS) -> T:
+        """Apply ``fn`` to a fresh copy of the document and save it; retried on conflict.
+        ``fn`` may raise to refuse the change (nothing is written then)."""
+
+        def once() -> T:
+            doc, token = self._load()
+            result = fn(doc)
+            self.store.save(doc.model_dump(mode="json", by_alias=True), token)
+            return result
+
+        retrying = Retrying(
+            retry=retry_if_exception(_lost_a_race),
+            stop=stop_after_attempt(attempts),
+            wait=wait_incrementing(start=0.05, increment=0.05, max=0.5),
+        )
+        try:
+            return retrying(once)
+        except RetryError:
+            raise LedgerError(
+                f"ledger kept changing under {attempts} attempts to write it"
+            ) from None
+
+    # ---------------------------------------------------------------------------- lookups
+
+    def latest(self) -> Release | None:
+        return self.read().latest()
+
+    def find(self, release_id: str) -> Release | None:
+        return self.read().find(release_id)
+
+    def add_incident_action(self, release_id: str, action: str, detail: str, by: str) -> None:
+        """Record what an operator (or a runbook) did about a release's incident."""
+
+        def add(doc: LedgerDoc) -> None:
+            release = doc.find(release_id)
+            if release is None:
+                raise LedgerError(f"no release {release_id!r} in the ledger")
+            if release.incident is None:
+                release.incident = Incident(
+                    id=release_id,
+                    release_id=release_id,
+                    version=release.version,
+                    opened_at=time.time(),
+                    reason="opened by an operator",
+                    opened_by=by,
+                )
+            release.incident.actions.append(
+                IncidentAction(at=time.time(), action=action, detail=detail, by=by)
+            )
+
+        self.update(add)
+
+    def add_incident(self, incident: Incident) -> None:
+        """Record an incident that concerns no release (a runbook run)."""
+        self.update(lambda doc: doc.incidents.append(incident))
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """A concurrent writer won the compare-and-swap (a held lease is a refusal, not a race)."""
+    return isinstance(exc, ConflictError) and not isinstance(exc, ReleaseInProgress)
+
+
+def require(doc: LedgerDoc, release_id: str) -> Release:
+    release = doc.find(release_id)
+    if release is None:
+        raise LedgerError(f"release {release_id} is not in the ledger")
+    return release
