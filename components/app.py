@@ -125,6 +125,41 @@ class App(pulumi.ComponentResource):
             ),
         )
 
+        self._route(name, args, labels)
+
+        self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=kube.metadata(names.stable, args.namespace, labels),
+            spec=_hpa_spec(cfg, self.stable.metadata.name),
+            opts=child,
+        )
+        self.pdb = k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=kube.metadata(names.stable, args.namespace, labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                min_available=cfg.app.pdb_min_available,
+                selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels=self.stable.spec.selector.match_labels
+                ),
+            ),
+            opts=child,
+        )
+
+        scheme = "https" if traffic.tls_secret else "http"
+        self.url = f"{scheme}://{traffic.host}"
+        canary_ingress = self.canary_ingress.metadata.name if self.canary_ingress else None
+        deployments = {"stableDeployment": self.stable.metadata.name}
+        deployments["canaryDeployment"] = self.canary.metadata.name
+        ingresses = {"ingress": self.ingress.metadata.name, "canaryIngress": canary_ingress}
+        self.register_outputs({"url": self.url, **deployments, **ingresses})
+
+    def _route(self, name: str, args: AppArgs, labels: dict[str, str]) -> None:
+        """The Services and Ingresses of the traffic mode (the canary's own in ingress mode)."""
+        cfg = args.config
+        names = cfg.names
+        traffic = cfg.traffic
+        child = pulumi.ResourceOptions(parent=self)
+
         def service(
             role: str, service_name: str, match: pulumi.Input[dict[str, str]]
         ) -> k8s.core.v1.Service:
@@ -132,8 +167,7 @@ class App(pulumi.ComponentResource):
                 f"{name}-{role}-service",
                 metadata=kube.metadata(service_name, args.namespace, labels),
                 spec=k8s.core.v1.ServiceSpecArgs(
-                    selector=match,
-                    ports=[kube.service_port("http", SERVICE_PORT, "http")],
+                    selector=match, ports=[kube.service_port("http", SERVICE_PORT, "http")]
                 ),
                 opts=child,
             )
@@ -145,43 +179,10 @@ class App(pulumi.ComponentResource):
             annotations: dict[str, pulumi.Input[str]] | None,
             ignore: tuple[str, ...] = (),
         ) -> k8s.networking.v1.Ingress:
-            tls = (
-                [
-                    k8s.networking.v1.IngressTLSArgs(
-                        hosts=[traffic.host], secret_name=traffic.tls_secret
-                    )
-                ]
-                if traffic.tls_secret
-                else None
-            )
             return k8s.networking.v1.Ingress(
                 f"{name}-{role}",
                 metadata=kube.metadata(ingress_name, args.namespace, labels, annotations),
-                spec=k8s.networking.v1.IngressSpecArgs(
-                    ingress_class_name=traffic.ingress_class,
-                    tls=tls,
-                    rules=[
-                        k8s.networking.v1.IngressRuleArgs(
-                            host=traffic.host,
-                            http=k8s.networking.v1.HTTPIngressRuleValueArgs(
-                                paths=[
-                                    k8s.networking.v1.HTTPIngressPathArgs(
-                                        path="/",
-                                        path_type="Prefix",
-                                        backend=k8s.networking.v1.IngressBackendArgs(
-                                            service=k8s.networking.v1.IngressServiceBackendArgs(
-                                                name=backend,
-                                                port=k8s.networking.v1.ServiceBackendPortArgs(
-                                                    name="http"
-                                                ),
-                                            ),
-                                        ),
-                                    ),
-                                ]
-                            ),
-                        )
-                    ],
-                ),
+                spec=_ingress_spec(cfg, backend),
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=list(ignore) or None),
             )
 
@@ -208,61 +209,6 @@ class App(pulumi.ComponentResource):
                 "ingress", names.ingress, self.services["shared"].metadata.name, None
             )
             self.canary_ingress = None
-
-        self.hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata=kube.metadata(names.stable, args.namespace, labels),
-            spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
-                scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
-                    api_version="apps/v1",
-                    kind="Deployment",
-                    name=self.stable.metadata.name,
-                ),
-                min_replicas=cfg.app.hpa.min_replicas,
-                max_replicas=cfg.app.hpa.max_replicas,
-                metrics=[
-                    k8s.autoscaling.v2.MetricSpecArgs(
-                        type="Resource",
-                        resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
-                            name="cpu",
-                            target=k8s.autoscaling.v2.MetricTargetArgs(
-                                type="Utilization",
-                                average_utilization=cfg.app.hpa.target_cpu_percent,
-                            ),
-                        ),
-                    )
-                ],
-                behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
-                    scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
-                        stabilization_window_seconds=300
-                    ),
-                ),
-            ),
-            opts=child,
-        )
-        self.pdb = k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata=kube.metadata(names.stable, args.namespace, labels),
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                min_available=cfg.app.pdb_min_available,
-                selector=k8s.meta.v1.LabelSelectorArgs(
-                    match_labels=self.stable.spec.selector.match_labels
-                ),
-            ),
-            opts=child,
-        )
-
-        scheme = "https" if traffic.tls_secret else "http"
-        self.url = f"{scheme}://{traffic.host}"
-        self.register_outputs(
-            {
-                "url": self.url,
-                "stableDeployment": self.stable.metadata.name,
-                "canaryDeployment": self.canary.metadata.name,
-                "ingress": self.ingress.metadata.name,
-                "canaryIngress": self.canary_ingress.metadata.name if self.canary_ingress else None,
-            }
-        )
 
     def _deployment_spec(
         self, args: AppArgs, track: Track, replicas: int
@@ -360,3 +306,57 @@ class App(pulumi.ComponentResource):
             security_context=kube.container_security(),
             volume_mounts=[kube.mount("tmp", "/tmp")],  # noqa: S108 - an emptyDir
         )
+
+
+def _ingress_spec(
+    cfg: StackConfig, backend: pulumi.Input[str]
+) -> k8s.networking.v1.IngressSpecArgs:
+    """All paths of the stack's host to the ``backend`` Service's http port."""
+    traffic = cfg.traffic
+    tls = (
+        [k8s.networking.v1.IngressTLSArgs(hosts=[traffic.host], secret_name=traffic.tls_secret)]
+        if traffic.tls_secret
+        else None
+    )
+    service = k8s.networking.v1.IngressServiceBackendArgs(
+        name=backend, port=k8s.networking.v1.ServiceBackendPortArgs(name="http")
+    )
+    path = k8s.networking.v1.HTTPIngressPathArgs(
+        path="/", path_type="Prefix", backend=k8s.networking.v1.IngressBackendArgs(service=service)
+    )
+    rule = k8s.networking.v1.IngressRuleArgs(
+        host=traffic.host, http=k8s.networking.v1.HTTPIngressRuleValueArgs(paths=[path])
+    )
+    return k8s.networking.v1.IngressSpecArgs(
+        ingress_class_name=traffic.ingress_class, tls=tls, rules=[rule]
+    )
+
+
+def _hpa_spec(
+    cfg: StackConfig, stable: pulumi.Input[str]
+) -> k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs:
+    """The stable Deployment between the configured bounds, on CPU."""
+    return k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+        scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+            api_version="apps/v1",
+            kind="Deployment",
+            name=stable,
+        ),
+        min_replicas=cfg.app.hpa.min_replicas,
+        max_replicas=cfg.app.hpa.max_replicas,
+        metrics=[
+            k8s.autoscaling.v2.MetricSpecArgs(
+                type="Resource",
+                resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                    name="cpu",
+                    target=k8s.autoscaling.v2.MetricTargetArgs(
+                        type="Utilization",
+                        average_utilization=cfg.app.hpa.target_cpu_percent,
+                    ),
+                ),
+            )
+        ],
+        behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+            scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=300),
+        ),
+    )

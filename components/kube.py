@@ -151,3 +151,52 @@ def ingress_from(
         ],
         ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in ports],
     )
+
+
+def admit(
+    match: Mapping[str, str], *rules: k8s.networking.v1.NetworkPolicyIngressRuleArgs
+) -> k8s.networking.v1.NetworkPolicySpecArgs:
+    """A NetworkPolicy of the pods matching ``match`` that lets in only what ``rules`` allow."""
+    return k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(match)),
+        policy_types=["Ingress"],
+        ingress=list(rules),
+    )
+
+
+def exporter(
+    name: str,
+    image: str,
+    number: int,
+    env: Sequence[k8s.core.v1.EnvVarArgs],
+    health_path: str,
+    uid: int,
+) -> k8s.core.v1.ContainerArgs:
+    """A Prometheus exporter sidecar on its ``metrics`` port."""
+    return k8s.core.v1.ContainerArgs(
+        name=name,
+        image=image,
+        ports=[port("metrics", number)],
+        env=list(env),
+        resources=resources(SIDECAR_RESOURCES),
+        readiness_probe=http_probe(health_path, "metrics"),
+        liveness_probe=http_probe(health_path, "metrics", period=20, failures=6),
+        security_context=container_security(uid),
+    )
+
+
+def single_pod(
+    uid: int,
+    containers: Sequence[k8s.core.v1.ContainerArgs],
+    volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
+    account: pulumi.Input[str] | None = None,
+) -> k8s.core.v1.PodSpecArgs:
+    """A pod running as ``uid``; with ``account``, the ServiceAccount's token is mounted."""
+    return k8s.core.v1.PodSpecArgs(
+        service_account_name=account,
+        security_context=pod_security(uid),
+        automount_service_account_token=None if account else False,
+        enable_service_links=False,
+        containers=list(containers),
+        volumes=list(volumes) or None,
+    )

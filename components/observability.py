@@ -20,6 +20,7 @@ import pulumi_random as random
 import yaml
 
 from components import dashboards, kube
+from components import observability_pods as pods
 from contract import alerts, ports, prometheus_config
 from contract.config import StackConfig
 from contract.labels import (
@@ -37,19 +38,7 @@ GRAFANA_UID = 472
 JAEGER_UID = 10001
 NOBODY = 65534
 
-GRAFANA_PORT = 3000
-JAEGER_UI_PORT = 16686
-JAEGER_OTLP_GRPC_PORT = 4317
-JAEGER_OTLP_HTTP_PORT = 4318
-JAEGER_ADMIN_PORT = 14269
-KSM_TELEMETRY_PORT = 8081
-
-KSM_RESOURCES = ("deployments", "jobs", "pods", "replicasets", "statefulsets")
-"""What kube-state-metrics reports on (and what its Role may list and watch)."""
-
 GRAFANA_ADMIN_USER = "admin"
-PASSWORD_KEY = "admin-password"  # noqa: S105 - a key name
-USER_KEY = "admin-user"
 
 
 def checksum(*texts: str) -> str:
@@ -140,6 +129,33 @@ class Observability(pulumi.ComponentResource):
         )
         return service.metadata.name
 
+    def _deployment(
+        self,
+        role: str,
+        name: str,
+        labels: dict[str, str],
+        match: dict[str, str],
+        pod: k8s.core.v1.PodSpecArgs,
+        *,
+        recreate: bool = True,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
+        """One pod of ``pod``; ``recreate``: the old one goes before the new one starts."""
+        k8s.apps.v1.Deployment(
+            f"{self._name}-{role}",
+            metadata=kube.metadata(name, self._ns, labels),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=1,
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if recreate else None,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels, annotations=annotations),
+                    spec=pod,
+                ),
+            ),
+            opts=self._opts(),
+        )
+
     def _reader_account(
         self, role: str, name: str, labels: dict[str, str], rules: list[k8s.rbac.v1.PolicyRuleArgs]
     ) -> pulumi.Output[str]:
@@ -202,31 +218,7 @@ class Observability(pulumi.ComponentResource):
             },
             opts=self._opts(),
         )
-        args = [
-            "--config.file=/etc/prometheus/prometheus.yml",
-            "--storage.tsdb.path=/prometheus",
-            f"--storage.tsdb.retention.time={obs.retention}",
-            f"--web.listen-address=:{names.prometheus_port}",
-            "--web.enable-lifecycle",
-        ]
-        size = retention_size(obs.prometheus_storage_size)
-        if size:
-            args.append(f"--storage.tsdb.retention.size={size}")
-        container = k8s.core.v1.ContainerArgs(
-            name="prometheus",
-            image=obs.prometheus_image,
-            args=args,
-            ports=[kube.port("web", names.prometheus_port)],
-            resources=kube.resources(obs.prometheus_resources),
-            startup_probe=kube.http_probe("/-/ready", "web", period=5, failures=60),
-            readiness_probe=kube.http_probe("/-/ready", "web", period=10),
-            liveness_probe=kube.http_probe("/-/healthy", "web", period=20, failures=6),
-            security_context=kube.container_security(),
-            volume_mounts=[
-                kube.mount("config", "/etc/prometheus", read_only=True),
-                kube.mount("data", "/prometheus"),
-            ],
-        )
+        container = pods.prometheus(cfg, retention_size(obs.prometheus_storage_size))
         service = self._service(
             "prometheus",
             names.prometheus,
@@ -281,43 +273,8 @@ class Observability(pulumi.ComponentResource):
         image = cfg.observability.pushgateway_image
         labels = self._labels(names.pushgateway, RELEASE_EVENTS, image)
         match = selector(names.pushgateway, RELEASE_EVENTS)
-        container = k8s.core.v1.ContainerArgs(
-            name="pushgateway",
-            image=image,
-            args=[
-                f"--web.listen-address=:{names.pushgateway_port}",
-                # Release events survive a container restart (not a new pod: the alert is
-                # about the last hour, and portalctl's ledger keeps the full history).
-                "--persistence.file=/data/pushgateway.db",
-                "--persistence.interval=1m",
-            ],
-            ports=[kube.port("http", names.pushgateway_port)],
-            resources=kube.resources(kube.SIDECAR_RESOURCES),
-            readiness_probe=kube.http_probe("/-/ready", "http"),
-            liveness_probe=kube.http_probe("/-/healthy", "http", period=20, failures=6),
-            security_context=kube.container_security(),
-            volume_mounts=[kube.mount("data", "/data")],
-        )
-        k8s.apps.v1.Deployment(
-            f"{self._name}-pushgateway",
-            metadata=kube.metadata(names.pushgateway, self._ns, labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=kube.pod_security(NOBODY),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        containers=[container],
-                        volumes=[kube.empty_dir("data")],
-                    ),
-                ),
-            ),
-            opts=self._opts(),
-        )
+        pod = kube.single_pod(NOBODY, [pods.pushgateway(cfg)], [kube.empty_dir("data")])
+        self._deployment("pushgateway", names.pushgateway, labels, match, pod)
         return self._service(
             "pushgateway",
             names.pushgateway,
@@ -352,40 +309,11 @@ class Observability(pulumi.ComponentResource):
                 ),
             ],
         )
+        pod = kube.single_pod(NOBODY, [pods.kube_state_metrics(cfg)], account=account)
+        self._deployment(
+            "kube-state-metrics", names.kube_state_metrics, labels, match, pod, recreate=False
+        )
         port = ports.KUBE_STATE_METRICS
-        container = k8s.core.v1.ContainerArgs(
-            name="kube-state-metrics",
-            image=image,
-            args=[
-                f"--port={port}",
-                f"--telemetry-port={KSM_TELEMETRY_PORT}",
-                f"--namespaces={cfg.namespace}",
-                f"--resources={','.join(KSM_RESOURCES)}",
-            ],
-            ports=[kube.port("http-metrics", port), kube.port("telemetry", KSM_TELEMETRY_PORT)],
-            resources=kube.resources(kube.SIDECAR_RESOURCES),
-            readiness_probe=kube.http_probe("/readyz", "telemetry"),
-            liveness_probe=kube.http_probe("/livez", "http-metrics", period=20, failures=6),
-            security_context=kube.container_security(),
-        )
-        k8s.apps.v1.Deployment(
-            f"{self._name}-kube-state-metrics",
-            metadata=kube.metadata(names.kube_state_metrics, self._ns, labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        service_account_name=account,
-                        security_context=kube.pod_security(NOBODY),
-                        enable_service_links=False,
-                        containers=[container],
-                    ),
-                ),
-            ),
-            opts=self._opts(),
-        )
         return self._service(
             "kube-state-metrics",
             names.kube_state_metrics,
@@ -402,58 +330,20 @@ class Observability(pulumi.ComponentResource):
         names = cfg.names
         labels = self._labels(names.jaeger, TRACING, obs.jaeger_image)
         match = selector(names.jaeger, TRACING)
-        container = k8s.core.v1.ContainerArgs(
-            name="jaeger",
-            image=obs.jaeger_image,
-            args=["--memory.max-traces=50000"],
-            env=[
-                kube.env("SPAN_STORAGE_TYPE", "memory"),
-                kube.env("COLLECTOR_OTLP_ENABLED", "true"),
-            ],
-            ports=[
-                kube.port("ui", JAEGER_UI_PORT),
-                kube.port("otlp-grpc", JAEGER_OTLP_GRPC_PORT),
-                kube.port("otlp-http", JAEGER_OTLP_HTTP_PORT),
-                kube.port("admin", JAEGER_ADMIN_PORT),
-            ],
-            resources=kube.resources(obs.jaeger_resources),
-            readiness_probe=kube.http_probe("/", "admin"),
-            liveness_probe=kube.http_probe("/", "admin", period=20, failures=6),
-            security_context=kube.container_security(),
-            volume_mounts=[kube.mount("tmp", "/tmp")],  # noqa: S108 - an emptyDir
-        )
-        k8s.apps.v1.Deployment(
-            f"{self._name}-jaeger",
-            metadata=kube.metadata(names.jaeger, self._ns, labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=kube.pod_security(JAEGER_UID),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        containers=[container],
-                        volumes=[kube.empty_dir("tmp")],
-                    ),
-                ),
-            ),
-            opts=self._opts(),
-        )
+        pod = kube.single_pod(JAEGER_UID, [pods.jaeger(cfg)], [kube.empty_dir("tmp")])
+        self._deployment("jaeger", names.jaeger, labels, match, pod)
         service = self._service(
             "jaeger",
             names.jaeger,
             labels,
             match,
             [
-                kube.service_port("ui", JAEGER_UI_PORT, "ui"),
-                kube.service_port("otlp-grpc", JAEGER_OTLP_GRPC_PORT, "otlp-grpc"),
-                kube.service_port("otlp-http", JAEGER_OTLP_HTTP_PORT, "otlp-http"),
+                kube.service_port("ui", pods.JAEGER_UI_PORT, "ui"),
+                kube.service_port("otlp-grpc", pods.JAEGER_OTLP_GRPC_PORT, "otlp-grpc"),
+                kube.service_port("otlp-http", pods.JAEGER_OTLP_HTTP_PORT, "otlp-http"),
             ],
         )
-        return service, pulumi.Output.format("http://{0}:{1}", service, JAEGER_OTLP_HTTP_PORT)
+        return service, pulumi.Output.format("http://{0}:{1}", service, pods.JAEGER_OTLP_HTTP_PORT)
 
     # -- Grafana ---------------------------------------------------------------------------
 
@@ -470,7 +360,7 @@ class Observability(pulumi.ComponentResource):
             f"{self._name}-grafana-secret",
             metadata=kube.metadata(f"{names.grafana}-admin", self._ns, labels),
             type="Opaque",
-            string_data={USER_KEY: GRAFANA_ADMIN_USER, PASSWORD_KEY: password.result},
+            string_data={pods.USER_KEY: GRAFANA_ADMIN_USER, pods.PASSWORD_KEY: password.result},
             opts=self._opts(),
         )
         interval = prometheus_config.prometheus_duration(obs.scrape_interval_s)
@@ -478,7 +368,7 @@ class Observability(pulumi.ComponentResource):
             "datasources.yaml": yaml.safe_dump(
                 dashboards.datasources(
                     f"http://{names.prometheus}:{names.prometheus_port}",
-                    f"http://{names.jaeger}:{JAEGER_UI_PORT}",
+                    f"http://{names.jaeger}:{pods.JAEGER_UI_PORT}",
                     interval,
                 ),
                 sort_keys=False,
@@ -499,85 +389,28 @@ class Observability(pulumi.ComponentResource):
             opts=self._opts(),
         )
         secret_name = secret.metadata.name
-        home = f"{dashboards.DASHBOARD_MOUNT}/{dashboards.DASHBOARD_FILES[0]}"
-        container = k8s.core.v1.ContainerArgs(
-            name="grafana",
-            image=obs.grafana_image,
-            env=[
-                kube.env_from_secret("GF_SECURITY_ADMIN_USER", secret_name, USER_KEY),
-                kube.env_from_secret("GF_SECURITY_ADMIN_PASSWORD", secret_name, PASSWORD_KEY),
-                kube.env("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning"),
-                kube.env("GF_PATHS_DATA", "/var/lib/grafana"),
-                kube.env("GF_LOG_MODE", "console"),
-                kube.env("GF_USERS_ALLOW_SIGN_UP", "false"),
-                kube.env("GF_ANALYTICS_REPORTING_ENABLED", "false"),
-                kube.env("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
-                kube.env("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", home),
-            ],
-            ports=[kube.port("http", GRAFANA_PORT)],
-            resources=kube.resources(obs.grafana_resources),
-            readiness_probe=kube.http_probe("/api/health", "http"),
-            liveness_probe=kube.http_probe("/api/health", "http", period=20, failures=6),
-            security_context=kube.container_security(),
-            volume_mounts=[
-                kube.mount("provisioning", "/etc/grafana/provisioning", read_only=True),
-                kube.mount("dashboards", dashboards.DASHBOARD_MOUNT, read_only=True),
-                kube.mount("data", "/var/lib/grafana"),
-                kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir
+        pod = kube.single_pod(
+            GRAFANA_UID,
+            [pods.grafana(cfg, secret_name)],
+            [
+                pods.grafana_provisioning(provisioning.metadata.name),
+                kube.config_map_volume("dashboards", dashboard_map.metadata.name),
+                kube.empty_dir("data", "1Gi"),
+                kube.empty_dir("tmp"),
             ],
         )
-        provisioning_volume = k8s.core.v1.VolumeArgs(
-            name="provisioning",
-            config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(
-                name=provisioning.metadata.name,
-                items=[
-                    k8s.core.v1.KeyToPathArgs(
-                        key="datasources.yaml", path="datasources/datasources.yaml"
-                    ),
-                    k8s.core.v1.KeyToPathArgs(
-                        key="dashboards.yaml", path="dashboards/dashboards.yaml"
-                    ),
-                ],
-            ),
+        config = checksum(
+            json.dumps(provisioning_files, sort_keys=True),
+            json.dumps(dashboard_files, sort_keys=True),
         )
-        k8s.apps.v1.Deployment(
-            f"{self._name}-grafana",
-            metadata=kube.metadata(names.grafana, self._ns, labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(
-                        labels=labels,
-                        annotations={
-                            "checksum/config": checksum(
-                                json.dumps(provisioning_files, sort_keys=True),
-                                json.dumps(dashboard_files, sort_keys=True),
-                            )
-                        },
-                    ),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=kube.pod_security(GRAFANA_UID),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        containers=[container],
-                        volumes=[
-                            provisioning_volume,
-                            kube.config_map_volume("dashboards", dashboard_map.metadata.name),
-                            kube.empty_dir("data", "1Gi"),
-                            kube.empty_dir("tmp"),
-                        ],
-                    ),
-                ),
-            ),
-            opts=self._opts(),
+        self._deployment(
+            "grafana", names.grafana, labels, match, pod, annotations={"checksum/config": config}
         )
         service = self._service(
             "grafana",
             names.grafana,
             labels,
             match,
-            [kube.service_port("http", GRAFANA_PORT, "http")],
+            [kube.service_port("http", pods.GRAFANA_PORT, "http")],
         )
         return service, password.result

@@ -12,7 +12,7 @@ import pulumi_random as random
 
 from components import kube
 from contract import ports
-from contract.config import StackConfig
+from contract.config import PostgresConfig, StackConfig
 from contract.labels import API, DATABASE, MIGRATION, MONITORING, selector, standard_labels
 from contract.names import (
     POSTGRES_DATABASE_KEY as DATABASE_KEY,
@@ -89,65 +89,43 @@ class Postgres(pulumi.ComponentResource):
             opts=child,
         )
 
-        ready = [
-            "pg_isready",
-            "--host=127.0.0.1",
-            f"--port={PORT}",
-            f"--username={pg.user}",
-            f"--dbname={pg.database}",
-        ]
-        postgres = k8s.core.v1.ContainerArgs(
-            name="postgres",
-            image=pg.image,
-            args=[
-                "-c",
-                f"max_connections={pg.max_connections}",
-                "-c",
-                "shared_preload_libraries=pg_stat_statements",
-            ],
-            ports=[kube.port("postgres", PORT)],
-            env=[
-                kube.env_from_secret(USER_KEY, secret_name, USER_KEY),
-                kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
-                kube.env_from_secret(DATABASE_KEY, secret_name, DATABASE_KEY),
-                kube.env("PGDATA", f"{DATA_DIR}/pgdata"),
-            ],
-            resources=kube.resources(pg.resources),
-            # initdb on a new volume takes a while: the startup probe covers it.
-            startup_probe=kube.exec_probe(ready, period=5, failures=60),
-            readiness_probe=kube.exec_probe(ready, period=10),
-            liveness_probe=kube.exec_probe(ready, period=20, failures=6),
-            security_context=kube.container_security(),
-            volume_mounts=[
-                kube.mount("data", DATA_DIR),
-                kube.mount("run", "/var/run/postgresql"),
-                kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir, private to the pod
-            ],
-        )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="postgres-exporter",
-            image=pg.exporter_image,
-            ports=[kube.port("metrics", ports.POSTGRES_EXPORTER)],
-            env=[
-                kube.env("DATA_SOURCE_URI", f"127.0.0.1:{PORT}/{pg.database}?sslmode=disable"),
-                kube.env_from_secret("DATA_SOURCE_USER", secret_name, USER_KEY),
-                kube.env_from_secret("DATA_SOURCE_PASS", secret_name, PASSWORD_KEY),
-            ],
-            resources=kube.resources(kube.SIDECAR_RESOURCES),
-            readiness_probe=kube.http_probe("/", "metrics"),
-            liveness_probe=kube.http_probe("/", "metrics", period=20, failures=6),
-            security_context=kube.container_security(EXPORTER_UID),
-        )
-        claim = k8s.core.v1.PersistentVolumeClaimSpecArgs(
-            access_modes=["ReadWriteOnce"],
-            storage_class_name=pg.storage_class,
-            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
-                requests={"storage": pg.storage_size}
-            ),
-        )
-        self.statefulset = k8s.apps.v1.StatefulSet(
-            f"{name}-statefulset",
+        self.statefulset = self._statefulset(name, args, labels, match, secret_name)
+
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{name}-network-policy",
             metadata=kube.metadata(names.postgres, args.namespace, labels),
+            # Only the app and the migration Job reach the database; Prometheus its exporter.
+            spec=kube.admit(
+                match,
+                kube.ingress_from(
+                    [selector(names.app, API), selector(names.app, MIGRATION)], [PORT]
+                ),
+                kube.ingress_from(
+                    [selector(names.prometheus, MONITORING)], [ports.POSTGRES_EXPORTER]
+                ),
+            ),
+            opts=child,
+        )
+
+        self.host = self.service.metadata.name
+        self.password = password.result
+        self.secret_name = secret_name
+        statefulset = self.statefulset.metadata.name
+        outputs = {"host": self.host, "port": PORT, "secretName": secret_name}
+        self.register_outputs({**outputs, "statefulSet": statefulset})
+
+    def _statefulset(
+        self,
+        name: str,
+        args: PostgresArgs,
+        labels: dict[str, str],
+        match: dict[str, str],
+        secret_name: pulumi.Input[str],
+    ) -> k8s.apps.v1.StatefulSet:
+        pg = args.config.postgres
+        return k8s.apps.v1.StatefulSet(
+            f"{name}-statefulset",
+            metadata=kube.metadata(args.config.names.postgres, args.namespace, labels),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 replicas=1,
                 service_name=self.service.metadata.name,
@@ -159,56 +137,87 @@ class Postgres(pulumi.ComponentResource):
                 ),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=k8s.core.v1.PodSpecArgs(
-                        security_context=kube.pod_security(UID),
-                        automount_service_account_token=False,
-                        enable_service_links=False,
-                        termination_grace_period_seconds=60,
-                        containers=[postgres, exporter],
-                        volumes=[kube.empty_dir("run", "16Mi"), kube.empty_dir("tmp", "256Mi")],
-                    ),
+                    spec=_pod(pg, secret_name),
                 ),
                 volume_claim_templates=[
                     k8s.core.v1.PersistentVolumeClaimArgs(
                         metadata=k8s.meta.v1.ObjectMetaArgs(name="data", labels=labels),
-                        spec=claim,
+                        spec=_claim(pg),
                     )
                 ],
             ),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{name}-network-policy",
-            metadata=kube.metadata(names.postgres, args.namespace, labels),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                policy_types=["Ingress"],
-                ingress=[
-                    kube.ingress_from(
-                        [
-                            selector(names.app, API),
-                            selector(names.app, MIGRATION),
-                        ],
-                        [PORT],
-                    ),
-                    kube.ingress_from(
-                        [selector(names.prometheus, MONITORING)],
-                        [ports.POSTGRES_EXPORTER],
-                    ),
-                ],
-            ),
-            opts=child,
-        )
 
-        self.host = self.service.metadata.name
-        self.password = password.result
-        self.secret_name = secret_name
-        self.register_outputs(
-            {
-                "host": self.host,
-                "port": PORT,
-                "secretName": self.secret_name,
-                "statefulSet": self.statefulset.metadata.name,
-            }
-        )
+def _containers(
+    pg: PostgresConfig, secret_name: pulumi.Input[str]
+) -> list[k8s.core.v1.ContainerArgs]:
+    """Postgres and its exporter sidecar."""
+    ready = [
+        "pg_isready",
+        "--host=127.0.0.1",
+        f"--port={PORT}",
+        f"--username={pg.user}",
+        f"--dbname={pg.database}",
+    ]
+    postgres = k8s.core.v1.ContainerArgs(
+        name="postgres",
+        image=pg.image,
+        args=[
+            "-c",
+            f"max_connections={pg.max_connections}",
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
+        ],
+        ports=[kube.port("postgres", PORT)],
+        env=[
+            kube.env_from_secret(USER_KEY, secret_name, USER_KEY),
+            kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
+            kube.env_from_secret(DATABASE_KEY, secret_name, DATABASE_KEY),
+            kube.env("PGDATA", f"{DATA_DIR}/pgdata"),
+        ],
+        resources=kube.resources(pg.resources),
+        # initdb on a new volume takes a while: the startup probe covers it.
+        startup_probe=kube.exec_probe(ready, period=5, failures=60),
+        readiness_probe=kube.exec_probe(ready, period=10),
+        liveness_probe=kube.exec_probe(ready, period=20, failures=6),
+        security_context=kube.container_security(),
+        volume_mounts=[
+            kube.mount("data", DATA_DIR),
+            kube.mount("run", "/var/run/postgresql"),
+            kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir, private to the pod
+        ],
+    )
+    exporter = kube.exporter(
+        "postgres-exporter",
+        pg.exporter_image,
+        ports.POSTGRES_EXPORTER,
+        [
+            kube.env("DATA_SOURCE_URI", f"127.0.0.1:{PORT}/{pg.database}?sslmode=disable"),
+            kube.env_from_secret("DATA_SOURCE_USER", secret_name, USER_KEY),
+            kube.env_from_secret("DATA_SOURCE_PASS", secret_name, PASSWORD_KEY),
+        ],
+        "/",
+        EXPORTER_UID,
+    )
+    return [postgres, exporter]
+
+
+def _claim(pg: PostgresConfig) -> k8s.core.v1.PersistentVolumeClaimSpecArgs:
+    return k8s.core.v1.PersistentVolumeClaimSpecArgs(
+        access_modes=["ReadWriteOnce"],
+        storage_class_name=pg.storage_class,
+        resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": pg.storage_size}),
+    )
+
+
+def _pod(pg: PostgresConfig, secret_name: pulumi.Input[str]) -> k8s.core.v1.PodSpecArgs:
+    return k8s.core.v1.PodSpecArgs(
+        security_context=kube.pod_security(UID),
+        automount_service_account_token=False,
+        enable_service_links=False,
+        termination_grace_period_seconds=60,
+        containers=_containers(pg, secret_name),
+        volumes=[kube.empty_dir("run", "16Mi"), kube.empty_dir("tmp", "256Mi")],
+    )

@@ -16,7 +16,7 @@ import pulumi_random as random
 
 from components import kube
 from contract import ports
-from contract.config import StackConfig
+from contract.config import RedisConfig, StackConfig
 from contract.labels import API, CACHE, MONITORING, selector, standard_labels
 
 PORT = ports.REDIS
@@ -67,52 +67,6 @@ class Redis(pulumi.ComponentResource):
         )
         secret_name = self.secret.metadata.name
 
-        redis = k8s.core.v1.ContainerArgs(
-            name="redis",
-            image=rd.image,
-            command=["redis-server"],
-            # $(REDIS_PASSWORD) is expanded by the kubelet from the env below.
-            args=[
-                "--requirepass",
-                f"$({PASSWORD_KEY})",
-                "--maxmemory",
-                rd.max_memory,
-                "--maxmemory-policy",
-                "allkeys-lru",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                "/data",
-            ],
-            ports=[kube.port("redis", PORT)],
-            env=[
-                kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
-                # redis-cli (the readiness probe) authenticates with this.
-                kube.env_from_secret("REDISCLI_AUTH", secret_name, PASSWORD_KEY),
-            ],
-            resources=kube.resources(rd.resources),
-            readiness_probe=kube.exec_probe(
-                ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {PORT} ping | grep -q PONG"], period=5
-            ),
-            liveness_probe=kube.tcp_probe("redis", period=15, failures=4),
-            security_context=kube.container_security(),
-            volume_mounts=[kube.mount("data", "/data")],
-        )
-        exporter = k8s.core.v1.ContainerArgs(
-            name="redis-exporter",
-            image=rd.exporter_image,
-            ports=[kube.port("metrics", ports.REDIS_EXPORTER)],
-            env=[
-                kube.env("REDIS_ADDR", f"redis://127.0.0.1:{PORT}"),
-                kube.env_from_secret("REDIS_PASSWORD", secret_name, PASSWORD_KEY),
-            ],
-            resources=kube.resources(kube.SIDECAR_RESOURCES),
-            readiness_probe=kube.http_probe("/health", "metrics"),
-            liveness_probe=kube.http_probe("/health", "metrics", period=20, failures=6),
-            security_context=kube.container_security(EXPORTER_UID),
-        )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=kube.metadata(names.redis, args.namespace, labels),
@@ -126,7 +80,7 @@ class Redis(pulumi.ComponentResource):
                         security_context=kube.pod_security(UID, GID),
                         automount_service_account_token=False,
                         enable_service_links=False,
-                        containers=[redis, exporter],
+                        containers=_containers(rd, secret_name),
                         volumes=[kube.empty_dir("data")],
                     ),
                 ),
@@ -148,15 +102,10 @@ class Redis(pulumi.ComponentResource):
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-network-policy",
             metadata=kube.metadata(names.redis, args.namespace, labels),
-            spec=k8s.networking.v1.NetworkPolicySpecArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
-                policy_types=["Ingress"],
-                ingress=[
-                    kube.ingress_from([selector(names.app, API)], [PORT]),
-                    kube.ingress_from(
-                        [selector(names.prometheus, MONITORING)], [ports.REDIS_EXPORTER]
-                    ),
-                ],
+            spec=kube.admit(
+                match,
+                kube.ingress_from([selector(names.app, API)], [PORT]),
+                kube.ingress_from([selector(names.prometheus, MONITORING)], [ports.REDIS_EXPORTER]),
             ),
             opts=child,
         )
@@ -171,3 +120,52 @@ class Redis(pulumi.ComponentResource):
                 "deployment": self.deployment.metadata.name,
             }
         )
+
+
+def _containers(rd: RedisConfig, secret_name: pulumi.Input[str]) -> list[k8s.core.v1.ContainerArgs]:
+    """Redis and its exporter sidecar."""
+    redis = k8s.core.v1.ContainerArgs(
+        name="redis",
+        image=rd.image,
+        command=["redis-server"],
+        # $(REDIS_PASSWORD) is expanded by the kubelet from the env below.
+        args=[
+            "--requirepass",
+            f"$({PASSWORD_KEY})",
+            "--maxmemory",
+            rd.max_memory,
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/data",
+        ],
+        ports=[kube.port("redis", PORT)],
+        env=[
+            kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
+            # redis-cli (the readiness probe) authenticates with this.
+            kube.env_from_secret("REDISCLI_AUTH", secret_name, PASSWORD_KEY),
+        ],
+        resources=kube.resources(rd.resources),
+        readiness_probe=kube.exec_probe(
+            ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {PORT} ping | grep -q PONG"], period=5
+        ),
+        liveness_probe=kube.tcp_probe("redis", period=15, failures=4),
+        security_context=kube.container_security(),
+        volume_mounts=[kube.mount("data", "/data")],
+    )
+    exporter = kube.exporter(
+        "redis-exporter",
+        rd.exporter_image,
+        ports.REDIS_EXPORTER,
+        [
+            kube.env("REDIS_ADDR", f"redis://127.0.0.1:{PORT}"),
+            kube.env_from_secret("REDIS_PASSWORD", secret_name, PASSWORD_KEY),
+        ],
+        "/health",
+        EXPORTER_UID,
+    )
+    return [redis, exporter]

@@ -64,11 +64,13 @@ class Alert:
 
 def alerts(cfg: StackConfig) -> list[Alert]:
     """Every alert of the stack, in runbook order."""
+    return [*_service(cfg), *_datastores(cfg), *_workloads(cfg)]
+
+
+def _service(cfg: StackConfig) -> list[Alert]:
+    """The service: errors, latency, cache, queries."""
     a = cfg.alerts
-    n = cfg.names
-    ns = cfg.namespace
     slo_pct = number(cfg.slo.max_error_rate * 100)
-    workloads = f"{n.stable}|{n.canary}"
     return [
         Alert(
             name="PortalHighErrorRate",
@@ -123,6 +125,13 @@ def alerts(cfg: StackConfig) -> list[Alert]:
                 f"(threshold {number(a.slow_query_ms)} ms)."
             ),
         ),
+    ]
+
+
+def _datastores(cfg: StackConfig) -> list[Alert]:
+    """Postgres and Redis."""
+    a = cfg.alerts
+    return [
         Alert(
             name="PostgresConnectionSaturation",
             severity="critical",
@@ -164,6 +173,16 @@ def alerts(cfg: StackConfig) -> list[Alert]:
                 f"{number(a.redis_memory_max_ratio * 100)}%); keys are being evicted."
             ),
         ),
+    ]
+
+
+def _workloads(cfg: StackConfig) -> list[Alert]:
+    """Instances, migration Jobs and releases."""
+    a = cfg.alerts
+    n = cfg.names
+    ns = cfg.namespace
+    workloads = f"{n.stable}|{n.canary}"
+    return [
         Alert(
             name="PortalInstancesNotReady",
             severity="warning",

@@ -6,26 +6,20 @@ the deployed objects, the release gates and the alert rules alike. Every error n
 (``portal:<path>``), the value at fault and what is allowed, before anything is created.
 """
 
-from contract.config.errors import ConfigError
-from contract.config.model import (
-    CONFIG_KEYS,
+from contract.config.base import Resources, container_resources
+from contract.config.deploy import (
     DEFAULT_IMAGES,
-    SECRET_KEYS,
-    AlertsConfig,
     AppConfig,
     BackupConfig,
-    CanaryConfig,
     MigrationsConfig,
     ObservabilityConfig,
     PostgresConfig,
     RedisConfig,
-    Resources,
-    Slo,
-    StackConfig,
     TrafficConfig,
-    VerdictPolicy,
-    container_resources,
 )
+from contract.config.errors import ConfigError
+from contract.config.model import CONFIG_KEYS, SECRET_KEYS, StackConfig
+from contract.config.release import AlertsConfig, CanaryConfig, Slo, VerdictPolicy
 from contract.config.stackfile import load_stack, parse_config, read_stack_values, stack_file
 from contract.config.steps import DEFAULT_STEPS, Step
 from contract.config.types import parse_duration

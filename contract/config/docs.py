@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from contract.config.base import Derived
 from contract.config.errors import aliases
-from contract.config.model import SECRET_KEYS, Derived, StackConfig
+from contract.config.model import SECRET_KEYS, StackConfig
 from contract.config.types import Allowed
 from contract.names import NAMESPACE
 
