@@ -51,7 +51,7 @@ infinitely many times stable's rate. So the gates use it as a guard beside
 counts, the numerator mixing both rates over the prior, the denominator the likelihood
 maximised over the null "canary at most stable + d". Dividing by the null's maximum rather
 than its true value only shrinks the ratio, so it is an e-process for steady rates whatever
-stable's own rate is; ``rollout.analysis`` says how the three combine.
+stable's own rate is; ``rollout.evidence`` says how the three combine.
 
 Libraries considered: ``confseq`` (Howard & Waudby-Smith) has the beta-binomial mixture bounds
 but its last release is from January 2023 and it ships as C++ source that needs Boost headers

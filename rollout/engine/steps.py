@@ -8,23 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contract.config import Step, VerdictPolicy
-from rollout.analysis import (
-    Check,
-    GateResult,
-    MetricsSample,
-    Snapshot,
-    judge_health,
-    judge_metrics,
-    queries,
-    snapshots_of,
-    track_counts,
-)
+from rollout.analysis import Check, GateResult, judge_health, judge_metrics
 from rollout.engine.context import Context
 from rollout.engine.outcome import Stop, StopKind
 from rollout.ledger import Action, LedgerDoc, Request, require
 from rollout.ledger.model import RequestRecord, Sample, TransitionArgs, VerdictRecord
 from rollout.ports import ReleaseSpec, TargetError
 from rollout.prometheus import PrometheusError
+from rollout.readings import MetricsSample, Snapshot, queries, snapshots_of, track_counts
 
 Transition = Callable[[str, Action, TransitionArgs, Callable[[], None]], None]
 

@@ -11,20 +11,19 @@ import math
 import numpy as np
 import pytest
 
-from rollout.analysis import (
+from rollout.analysis import judge_health, judge_metrics
+from rollout.evidence import error_test
+from rollout.local.stack import local_config
+from rollout.ports import HealthProbe
+from rollout.readings import (
     MetricsSample,
     Snapshot,
     TrackCounts,
-    error_test,
     intervals,
-    judge_health,
-    judge_metrics,
     queries,
     snapshots_of,
     track_counts,
 )
-from rollout.local.stack import local_config
-from rollout.ports import HealthProbe
 from tests.conftest import local_config_with
 
 CFG = local_config()  # slo 2% / 500 ms, minRequests 20, +1% over stable, p95 x1.5 and +50 ms

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import re
 
-from rollout.analysis import MetricsSample, Snapshot, TrackCounts, judge_metrics
+from rollout.analysis import judge_metrics
 from rollout.local.stack import local_config
+from rollout.readings import MetricsSample, Snapshot, TrackCounts
 from rollout.report import render
 
 CFG = local_config()

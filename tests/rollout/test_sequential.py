@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from bench.judgement import Case, Schedule, detect_sequential, simulate
-from rollout.analysis import Snapshot, TrackCounts, judge_metrics
+from bench.judgement.simulation import Case, Schedule, detect_sequential, simulate
+from rollout.analysis import judge_metrics
 from rollout.local.stack import local_config
+from rollout.readings import Snapshot, TrackCounts
 from rollout.sequential import (
     PRIOR,
     THETAS,
