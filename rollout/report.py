@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -203,97 +204,121 @@ def charts(release: dict[str, Any]) -> list[str]:
     xs = [float(s["at"]) - start for s in samples]
     bands = _step_bands(release, start, xs, samples)
     decision = _decision(release, start)
-    out = []
 
     stats = [s.get("stats") or {} for s in samples]
+    frame = _Frame(xs, samples, stats, bands, decision)
+    out = []
     if any(st.get("error_rate") for st in stats):
-        fig, ax = _frame(bands, decision)
-        lo = [(st.get("error_rate") or {}).get("cs", [None, None])[0] for st in stats]
-        hi = [(st.get("error_rate") or {}).get("cs", [None, None])[1] for st in stats]
-        _band(ax, xs, lo, hi, 1.0, COLOURS["band"], "confidence sequence")
-        cx, cy = _clean(xs, _series(samples, "stats", "error_rate", "difference"))
-        ax.step(cx, cy, where="post", color=COLOURS["canary"], lw=1.6, label="canary - stable")
-        ax.plot(cx[:-1], cy[:-1], "o", color=COLOURS["canary"], ms=2.5)
-        margin = next(
-            (st["error_rate"].get("margin") for st in stats if st.get("error_rate")), None
-        )
-        if margin is not None:
-            ax.axhline(margin, color=COLOURS["limit"], lw=1.2, label=f"margin +{margin:.2%}")
-        ax.axhline(0, color="#868e96", lw=0.8)
-        finite = [v for v in (*cy, *(x for x in hi if x is not None)) if v is not None]
-        top = max([*(v for v in finite if v < 1), (margin or 0.01) * 3])
-        bottom = min([*(v for v in (x for x in lo if x is not None)), -(margin or 0.01)])
-        ax.set_ylim(max(bottom, -top), top)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+.1%}"))
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
-        out.append(_svg(fig, "Error rate, canary minus stable, with its confidence sequence"))
-
-        fig, ax = _frame(bands, decision)
-        lo = [(st.get("error_rate") or {}).get("canary_cs", [None, None])[0] for st in stats]
-        hi = [(st.get("error_rate") or {}).get("canary_cs", [None, None])[1] for st in stats]
-        _band(ax, xs, lo, hi, 1.0, COLOURS["band"], "canary: confidence sequence")
-        for key, colour, label in (
-            ("estimate", COLOURS["canary"], "canary"),
-            ("stable", COLOURS["stable"], "stable"),
-        ):
-            px, py = _clean(xs, _series(samples, "stats", "error_rate", key))
-            ax.step(px, py, where="post", color=colour, lw=1.6, label=label)
-        px, py = _clean(xs, _series(samples, "stats", "error_rate", "limit"))
-        ax.step(px, py, where="post", color=COLOURS["limit"], lw=1.2, label="limit")
-        slo = next((st["error_rate"].get("slo") for st in stats if st.get("error_rate")), 0.02)
-        ax.set_ylim(0, max(float(slo) * 2.5, *(py or [0.0])))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.1%}"))
-        ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=4)
-        out.append(_svg(fig, "Error rate this release: canary, stable and the limit"))
-
+        out += _error_charts(frame)
     if any(st.get("p95_latency") for st in stats):
-        fig, ax = _frame(bands, decision)
-        lat = [st.get("p95_latency") or {} for st in stats]
-        est = [v for v in _series(samples, "stats", "p95_latency", "estimate") if v is not None]
-        limits = [v for v in _series(samples, "stats", "p95_latency", "limit") if v is not None]
-        top = max([*est, *limits, 100.0]) * 1.3
-        lo = [(d.get("cs") or [None, None])[0] for d in lat]
-        hi = [(d.get("cs") or [None, None])[1] for d in lat]
-        _band(ax, xs, lo, hi, top, "#b197fc", "canary p95: confidence sequence")
-        for key, colour, label in (
-            ("estimate", COLOURS["canary"], "canary p95"),
-            ("stable", COLOURS["stable"], "stable p95"),
-            ("limit", COLOURS["limit"], "limit"),
-        ):
-            px, py = _clean(xs, _series(samples, "stats", "p95_latency", key))
-            ax.step(
-                px, py, where="post", color=colour, lw=1.6 if key != "limit" else 1.2, label=label
-            )
-        ax.set_ylim(0, top)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f} ms"))
-        ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=4)
-        out.append(_svg(fig, "p95 latency this release, with the canary's confidence sequence"))
-
-        fig, ax = _frame(bands, decision)
-        level = next((float(st["level"]) for st in stats if st.get("level")), None)
-        for path, colour, label in (
-            (("error_rate", "evalue", "slo"), COLOURS["canary"], "errors over the SLO"),
-            (("error_rate", "evalue", "margin"), "#f08c00", "errors over stable + margin"),
-            (("p95_latency", "evalue"), COLOURS["latency"], "p95 over the limit"),
-        ):
-            px, py = _clean(xs, _series(samples, "stats", *path))
-            py = [max(v, 1e-3) for v in py]
-            if px:
-                ax.step(px, py, where="post", color=colour, lw=1.5, label=label)
-        if level:
-            ax.axhline(level, color=COLOURS["limit"], lw=1.2, label=f"FAIL at {level:,.0f}")
-        ax.set_yscale("log")
-        ax.set_ylim(1e-3, max(1e6, (level or 1) * 100))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: evalue(v)))
-        ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=2)
-        out.append(_svg(fig, "Evidence: e-values against each limit (a FAIL needs the red line)"))
-
+        out += _latency_charts(frame)
     fig, ax = _frame(bands, decision)
     px, py = _clean(xs, _series(samples, "weight"))
     ax.step(px, py, where="post", color=COLOURS["weight"], lw=1.8)
     ax.set_ylim(0, 105)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f}%"))
     out.append(_svg(fig, "Canary weight"))
+    return out
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What every chart of one release shares: the time axis, the samples and the bands."""
+
+    xs: list[float]
+    samples: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+    bands: Any
+    decision: Any
+
+
+def _error_charts(f: _Frame) -> list[str]:
+    """The difference with its confidence sequence against the margin, and both tracks' rates
+    against the limit."""
+    xs, samples, stats, bands, decision = f.xs, f.samples, f.stats, f.bands, f.decision
+    out = []
+    fig, ax = _frame(bands, decision)
+    lo = [(st.get("error_rate") or {}).get("cs", [None, None])[0] for st in stats]
+    hi = [(st.get("error_rate") or {}).get("cs", [None, None])[1] for st in stats]
+    _band(ax, xs, lo, hi, 1.0, COLOURS["band"], "confidence sequence")
+    cx, cy = _clean(xs, _series(samples, "stats", "error_rate", "difference"))
+    ax.step(cx, cy, where="post", color=COLOURS["canary"], lw=1.6, label="canary - stable")
+    ax.plot(cx[:-1], cy[:-1], "o", color=COLOURS["canary"], ms=2.5)
+    margin = next((st["error_rate"].get("margin") for st in stats if st.get("error_rate")), None)
+    if margin is not None:
+        ax.axhline(margin, color=COLOURS["limit"], lw=1.2, label=f"margin +{margin:.2%}")
+    ax.axhline(0, color="#868e96", lw=0.8)
+    finite = [v for v in (*cy, *(x for x in hi if x is not None)) if v is not None]
+    top = max([*(v for v in finite if v < 1), (margin or 0.01) * 3])
+    bottom = min([*(v for v in (x for x in lo if x is not None)), -(margin or 0.01)])
+    ax.set_ylim(max(bottom, -top), top)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:+.1%}"))
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    out.append(_svg(fig, "Error rate, canary minus stable, with its confidence sequence"))
+
+    fig, ax = _frame(bands, decision)
+    lo = [(st.get("error_rate") or {}).get("canary_cs", [None, None])[0] for st in stats]
+    hi = [(st.get("error_rate") or {}).get("canary_cs", [None, None])[1] for st in stats]
+    _band(ax, xs, lo, hi, 1.0, COLOURS["band"], "canary: confidence sequence")
+    for key, colour, label in (
+        ("estimate", COLOURS["canary"], "canary"),
+        ("stable", COLOURS["stable"], "stable"),
+    ):
+        px, py = _clean(xs, _series(samples, "stats", "error_rate", key))
+        ax.step(px, py, where="post", color=colour, lw=1.6, label=label)
+    px, py = _clean(xs, _series(samples, "stats", "error_rate", "limit"))
+    ax.step(px, py, where="post", color=COLOURS["limit"], lw=1.2, label="limit")
+    slo = next((st["error_rate"].get("slo") for st in stats if st.get("error_rate")), 0.02)
+    ax.set_ylim(0, max(float(slo) * 2.5, *(py or [0.0])))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.1%}"))
+    ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=4)
+    out.append(_svg(fig, "Error rate this release: canary, stable and the limit"))
+    return out
+
+
+def _latency_charts(f: _Frame) -> list[str]:
+    """The canary's p95 with its confidence sequence against the limit, and the e-values
+    against the level a FAIL needs."""
+    xs, samples, stats, bands, decision = f.xs, f.samples, f.stats, f.bands, f.decision
+    out = []
+    fig, ax = _frame(bands, decision)
+    lat = [st.get("p95_latency") or {} for st in stats]
+    est = [v for v in _series(samples, "stats", "p95_latency", "estimate") if v is not None]
+    limits = [v for v in _series(samples, "stats", "p95_latency", "limit") if v is not None]
+    top = max([*est, *limits, 100.0]) * 1.3
+    lo = [(d.get("cs") or [None, None])[0] for d in lat]
+    hi = [(d.get("cs") or [None, None])[1] for d in lat]
+    _band(ax, xs, lo, hi, top, "#b197fc", "canary p95: confidence sequence")
+    for key, colour, label in (
+        ("estimate", COLOURS["canary"], "canary p95"),
+        ("stable", COLOURS["stable"], "stable p95"),
+        ("limit", COLOURS["limit"], "limit"),
+    ):
+        px, py = _clean(xs, _series(samples, "stats", "p95_latency", key))
+        ax.step(px, py, where="post", color=colour, lw=1.6 if key != "limit" else 1.2, label=label)
+    ax.set_ylim(0, top)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f} ms"))
+    ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=4)
+    out.append(_svg(fig, "p95 latency this release, with the canary's confidence sequence"))
+
+    fig, ax = _frame(bands, decision)
+    level = next((float(st["level"]) for st in stats if st.get("level")), None)
+    for path, colour, label in (
+        (("error_rate", "evalue", "slo"), COLOURS["canary"], "errors over the SLO"),
+        (("error_rate", "evalue", "margin"), "#f08c00", "errors over stable + margin"),
+        (("p95_latency", "evalue"), COLOURS["latency"], "p95 over the limit"),
+    ):
+        px, py = _clean(xs, _series(samples, "stats", *path))
+        py = [max(v, 1e-3) for v in py]
+        if px:
+            ax.step(px, py, where="post", color=colour, lw=1.5, label=label)
+    if level:
+        ax.axhline(level, color=COLOURS["limit"], lw=1.2, label=f"FAIL at {level:,.0f}")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, max(1e6, (level or 1) * 100))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: evalue(v)))
+    ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=2)
+    out.append(_svg(fig, "Evidence: e-values against each limit (a FAIL needs the red line)"))
     return out
 
 
