@@ -8,9 +8,12 @@
     scripts/toolchain.py pin              # regenerate the wrapper modules from the pins below
 
 Each part comes from a small wrapper module beside this file (``toolchain/<part>``: a generated
-``go.mod`` and ``go.sum``, and for a provider a few lines of our own ``main.go`` calling the
-provider's entry point). Files the upstream build generates and the module lacks (the provider's
-embedded schema) are produced at build time by the provider's own generator, from the module.
+``go.mod`` and ``go.sum``, and for a provider a few lines of our own Go calling the provider's entry
+point). Files the upstream build generates and the module lacks (the provider's embedded schema)
+are produced at build time by the provider's own generator, from the module. The random provider
+is the Terraform random provider served through pulumi-terraform-bridge: its wrapper holds our
+short provider definition (the pulumi_random SDK's tokens) and the bridge's schema generator
+writes its schema from that definition at build time.
 
 Every part is built once into ``~/.cache/portal-toolchain/parts/<part>-<hash>/`` (hash of its
 wrapper files, the Go version and the build recipe) and the binaries of one set of pins are
@@ -23,10 +26,9 @@ Only the standard library and the ``go`` command are used, so plain ``python3`` 
 any virtualenv exists; the tests import it as a module.
 
 The Python language host (module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
-and the random provider (github.com/pulumi/pulumi-random/provider/v4) are not served by the Go
-module proxy at any version (it answers 403 "This module version is not available"), so they are
-not parts yet; Python programs run on this engine through the Automation API's inline programs,
-whose language host is the Python SDK itself (``tests/pulumi/inline.py``).
+is not served by the Go module proxy at any version (it answers 403 "This module version is not
+available"), so it is not a part; Python programs run on this engine through the Automation API,
+whose language host is the Python SDK itself (``scripts/stack.py``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ class Part:
     """Modules the wrapper requires (path -> version); the first is the release's own module."""
     local_replaces: Mapping[str, str] = field(default_factory=dict)
     """Upstream ``replace X => ../dir`` lines, and the served version of X that stands for them."""
+    dropped_replaces: tuple[str, ...] = ()
+    """Upstream ``replace X => ../dir`` lines this build does without (X only serves the
+    upstream's own tests, or the wrapper requires a served X itself)."""
+    replaces: Mapping[str, str] = field(default_factory=dict)
+    """Our own ``replace`` lines (module -> "path version"); they win over the upstream's."""
+    module: str = ""
+    """The wrapper's module path (default ``portal.local/toolchain/<name>``)."""
     tool: bool = False
     """The package is a ``tool`` of the wrapper (no ``main.go`` of ours)."""
     tags: tuple[str, ...] = ()
@@ -130,12 +139,54 @@ def _kubernetes_schema(part: Part, src: Path, env: Mapping[str, str], log: Path)
     shutil.rmtree(gen)
 
 
+def _random_schema(part: Part, src: Path, env: Mapping[str, str], log: Path) -> None:
+    """The provider's ``schema.json`` and ``bridge-metadata.json``: the bridge's schema generator
+    (tfgen), built from our provider definition with the ``tfgen`` tag, run on it."""
+    gen = src / "gen"
+    gen.mkdir(exist_ok=True)
+    total = len(_go(["list", "-deps", "-tags", "tfgen", "."], src, env).split())
+    tfgen = gen / "pulumi-tfgen-random"
+    _run_logged(
+        f"{part.name}: schema generator build",
+        ["go", "build", "-v", *BUILD_FLAGS, "-tags", "tfgen", "-o", str(tfgen), "."],
+        src,
+        env,
+        log,
+        total=total,
+    )
+    _run_logged(
+        f"{part.name}: schema generator",
+        [str(tfgen), "schema", "--out", str(gen), "--skip-docs", "--skip-examples"],
+        src,
+        {**env, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        log,
+    )
+    schema = json.loads((gen / "schema.json").read_text())
+    schema["version"] = part.version  # tfgen leaves it out; the engine reads it from GetSchema
+    (src / "schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+    shutil.copyfile(gen / "bridge-metadata.json", src / "bridge-metadata.json")
+    shutil.rmtree(gen)
+
+
 PULUMI_VERSION = "3.274.0"
 KUBERNETES_VERSION = "4.25.0"
 # The provider module has no tags of its own: this pseudo-version is the commit of release
 # v4.25.0 (f47bc2d6f199), the only version of github.com/pulumi/pulumi-kubernetes/provider/v4
 # the module proxy serves.
 KUBERNETES_PSEUDO = "v4.0.0-20260115033456-f47bc2d6f199"
+
+# The random provider is the Terraform random provider, whose module (path
+# github.com/terraform-providers/terraform-provider-random, no tags the proxy accepts) is served
+# at this pseudo-version: release v3.9.0 (f8d869dc98d9), the commit pulumi-random 4.21.x bridges.
+# pulumi-random's own provider module is not served, so this is our build of the same provider
+# under the same tokens: the schema it generates is pulumi-random 4.21.4's but for doc text.
+RANDOM_VERSION = "4.21.4"
+RANDOM_TF_PSEUDO = "v1.3.2-0.20260513075824-f8d869dc98d9"
+BRIDGE_VERSION = "v3.120.0"  # the newest pulumi-terraform-bridge the proxy serves
+# The bridge builds against Pulumi's fork of terraform-plugin-sdk; the fork its go.mod names
+# predates terraform-plugin-go v0.31 (which the random provider requires) and does not compile
+# with it. This later commit of the fork (the one pulumi-random 4.21.x builds with) does.
+PLUGIN_SDK_FORK = "github.com/pulumi/terraform-plugin-sdk/v2 v2.0.0-20260318212141-5525259d096b"
 
 PARTS: tuple[Part, ...] = (
     Part(
@@ -168,18 +219,43 @@ PARTS: tuple[Part, ...] = (
         local_replaces={"github.com/pulumi/pulumi-kubernetes/sdk/v4": f"v{KUBERNETES_VERSION}"},
         prepare=_kubernetes_schema,
     ),
+    Part(
+        name="random",
+        binary="pulumi-resource-random",
+        title=(
+            f"Random provider {RANDOM_VERSION} (terraform-provider-random v3.9.0 through "
+            f"pulumi-terraform-bridge {BRIDGE_VERSION})"
+        ),
+        version=RANDOM_VERSION,
+        version_var="main.version",
+        package=".",
+        requires={
+            "github.com/pulumi/pulumi-terraform-bridge/v3": BRIDGE_VERSION,
+            "github.com/terraform-providers/terraform-provider-random": RANDOM_TF_PSEUDO,
+        },
+        # the bridge's tests replace the Terraform tls and random providers with vendored copies
+        dropped_replaces=(
+            "github.com/hashicorp/terraform-provider-tls",
+            "github.com/terraform-providers/terraform-provider-random",
+        ),
+        replaces={"github.com/hashicorp/terraform-plugin-sdk/v2": PLUGIN_SDK_FORK},
+        # under the Terraform provider's path, so that it may import its internal/provider
+        module="github.com/terraform-providers/terraform-provider-random/pulumi",
+        prepare=_random_schema,
+    ),
     # The control plane's binaries are built by scripts/cluster.py into their own cache; a further
-    # engine part (a language host or a provider the proxy serves later) is one more Part here.
+    # engine part (the language host, if the proxy serves it later) is one more Part here.
 )
 
 # The plugin each Python SDK package asks the engine for (pulumi-plugin.json in its wheel).
 SDK_PLUGINS = {"pulumi_kubernetes": "kubernetes", "pulumi_random": "random"}
 
 # Binaries the project would build and the proxy does not serve at any version (403 "This module
-# version is not available" for the version list and for every release commit tried).
+# version is not available" for the version list and for every release commit tried). The random
+# provider's own module (github.com/pulumi/pulumi-random/provider/v4) is not served either: the
+# random part above is built from the Terraform provider it bridges instead.
 NOT_SERVED = {
     "pulumi-language-python": "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3",
-    "pulumi-resource-random": "github.com/pulumi/pulumi-random/provider/v4",
 }
 
 
@@ -294,19 +370,36 @@ def _header(part: Part) -> str:
             )
             + "; its other replace lines are copied."
         )
+    if part.dropped_replaces:
+        lines.append(
+            "// Upstream replace lines by its own folders not taken: "
+            + ", ".join(part.dropped_replaces)
+            + "."
+        )
+    if part.replaces:
+        lines.append(
+            "// Replaced here instead of upstream's line: "
+            + ", ".join(f"{m} => {v}" for m, v in part.replaces.items())
+            + "."
+        )
     return "\n".join(lines) + "\n"
 
 
 def _upstream_replaces(part: Part, scratch: Path) -> list[str]:
-    """The release's own ``replace`` lines: module replacements are carried over; a replacement
-    by a local folder must be named in ``local_replaces`` (the served version standing for it)."""
+    """The release's own ``replace`` lines: module replacements are carried over (ours in
+    ``replaces`` win); a replacement by a local folder must be named in ``local_replaces`` (the
+    served version standing for it) or ``dropped_replaces``."""
     release, version = next(iter(part.requires.items()))
     info = json.loads(_go(["mod", "download", "-json", f"{release}@{version}"], scratch))
     gomod = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], scratch))
     lines = []
     for replace in gomod.get("Replace") or []:
         old, new = replace["Old"], replace["New"]
+        if old["Path"] in part.replaces:
+            continue
         if not new.get("Version"):  # a folder of the upstream repository
+            if old["Path"] in part.dropped_replaces:
+                continue
             if old["Path"] not in part.local_replaces:
                 raise ToolchainError(
                     f"{release}@{version} replaces {old['Path']} with its folder {new['Path']}: "
@@ -315,6 +408,7 @@ def _upstream_replaces(part: Part, scratch: Path) -> list[str]:
             continue
         left = old["Path"] + (f" {old['Version']}" if old.get("Version") else "")
         lines.append(f"replace {left} => {new['Path']} {new['Version']}")
+    lines += [f"replace {m} => {v}" for m, v in part.replaces.items()]
     return lines
 
 
@@ -325,7 +419,7 @@ def pin_part(part: Part) -> None:
     with tempfile.TemporaryDirectory(prefix=f"toolchain-pin-{part.name}-") as tmp:
         scratch = Path(tmp)
         env = {**_go_env(), "GOFLAGS": "-mod=mod -buildvcs=false"}
-        text = f"module portal.local/toolchain/{part.name}\n\ngo 1.26\n\n"
+        text = f"module {part.module or 'portal.local/toolchain/' + part.name}\n\ngo 1.26\n\n"
         if part.tool:
             text += f"tool {part.package}\n\n"
         text += "require (\n" + "".join(f"\t{m} {v}\n" for m, v in part.requires.items()) + ")\n"
@@ -333,9 +427,8 @@ def pin_part(part: Part) -> None:
         if replaces:
             text += "\n" + "\n".join(replaces) + "\n"
         (scratch / "go.mod").write_text(text)
-        own = target / "main.go"
-        if own.exists():
-            shutil.copyfile(own, scratch / "main.go")
+        for own in target.glob("*.go"):  # our own sources; what they embed is generated later
+            shutil.copyfile(own, scratch / own.name)
             for embed in re.findall(r"//go:embed (\S+)", own.read_text()):
                 (scratch / embed).write_text("{}")
         _go(["mod", "tidy"], scratch, env)

@@ -76,30 +76,31 @@ class Pulumi:
             )
         return proc
 
-    def inline(
-        self, operation: str, project: Path, stack: str, *extra: str, check: bool = True
+    def stack(
+        self, operation: str, project: Path, stack: str, *extra: str, check: bool = True,
+        timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        """``up``/``preview``/``destroy`` of a Python program in ``project`` through the CLI,
-        the Python SDK as language host (``tests/pulumi/inline.py``)."""
+        """``up``/``preview``/``refresh``/``destroy`` of the Python program in ``project``
+        through the CLI, the Python SDK as language host: ``scripts/stack.py``, the command the
+        README gives, with this fixture's state."""
         proc = subprocess.run(
             [
                 sys.executable,
-                "-m",
-                "tests.pulumi.inline",
+                str(REPO / "scripts" / "stack.py"),
                 operation,
                 "--dir",
                 str(project),
                 "--stack",
                 stack,
-                "--cli-root",
-                str(self.toolchain.root),
+                "--state",
+                str(self.state),
                 *extra,
             ],
             cwd=REPO,
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=timeout,
             check=False,
         )
         if check and proc.returncode != 0:

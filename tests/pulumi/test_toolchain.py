@@ -87,7 +87,7 @@ def test_a_stack_goes_up_with_its_secrets_encrypted_in_the_state_and_comes_down(
     )
     assert token not in (folder / "Pulumi.dev.yaml").read_text()
 
-    up = pulumi.inline("up", folder, "dev")
+    up = pulumi.stack("up", folder, "dev")
     assert "created" in up.stdout, up.stdout
 
     shown = json.loads(pulumi.run("stack", "output", "--show-secrets", "--json", cwd=folder).stdout)
@@ -130,7 +130,7 @@ def test_the_kubernetes_provider_serves_the_version_the_python_sdk_asks_for(
     folder = project(tmp_path / "k8s", "k8s", DEFAULT_PROVIDER_PROGRAM)
     pulumi.run("stack", "init", "dev", cwd=folder)
     pulumi.env["KUBECONFIG"] = str(kubeconfig(tmp_path / "kubeconfig"))
-    preview = pulumi.inline("preview", folder, "dev")
+    preview = pulumi.stack("preview", folder, "dev")
     # the provider checked the ConfigMap's inputs (a cluster that is not there is fine in preview)
     assert "kubernetes:core/v1:ConfigMap settings create" in preview.stdout, preview.stdout
     built = pulumi.toolchain.versions()["pulumi-resource-kubernetes"]
@@ -138,9 +138,9 @@ def test_the_kubernetes_provider_serves_the_version_the_python_sdk_asks_for(
         assert f"expected to have version >={SDK_KUBERNETES}, but has {built}" in preview.stdout
 
     plugins = json.loads(pulumi.run("plugin", "ls", "--json", cwd=folder).stdout)
-    assert [(p["name"], p["kind"], p["version"]) for p in plugins] == [
-        ("kubernetes", "resource", built)
-    ]
+    assert ("kubernetes", "resource", built) in [
+        (p["name"], p["kind"], p["version"]) for p in plugins
+    ], plugins
     schema = pulumi.run("package", "get-schema", f"kubernetes@{built}", cwd=folder)
     # the schema the build generated from the module, stamped with the version
     assert json.loads(schema.stdout)["version"] == built
@@ -171,7 +171,7 @@ def test_the_engine_accepts_the_project_file_and_the_stack_file(
         shutil.copy(REPO / name, folder / name)
     (tmp_path / "read_config.py").write_text(CONFIG_PROGRAM)
     pulumi.run("stack", "init", stack, cwd=folder)
-    pulumi.inline("up", folder, stack, "--program", str(tmp_path / "read_config.py"))
+    pulumi.stack("up", folder, stack, "--program", str(tmp_path / "read_config.py"))
 
     got = json.loads(pulumi.run("stack", "output", "--json", cwd=folder).stdout)
     declared = pulumi.run("config", "--json", cwd=folder)

@@ -1,0 +1,122 @@
+"""``pulumi up | preview | refresh | destroy`` of the portal program on the engine built here.
+
+    .venv/bin/python scripts/stack.py up --stack staging
+    .venv/bin/python scripts/stack.py preview --stack staging --expect-no-changes
+    .venv/bin/python scripts/stack.py destroy --stack staging
+
+The Pulumi CLI runs a Python program through its ``pulumi-language-python`` plugin, which cannot
+be built here (the Go module proxy serves no version of its module). This runs the same
+operations through Pulumi's Automation API instead: the real CLI (``scripts/toolchain.py``) runs
+the engine, the providers, the state and the secrets, and asks the Python SDK's own language
+runtime, in this process, to run the project's ``__main__.py``. Where the real language host
+exists (any machine with a released Pulumi CLI), plain ``pulumi up -s staging`` does the same.
+
+Offline, as ``scripts/toolchain.py env`` sets up: state and plugin home under ``--state``
+(default ``.portal/pulumi``), a ``file://`` backend there, passphrase secrets (the passphrase from
+``PULUMI_CONFIG_PASSPHRASE`` or ``PULUMI_CONFIG_PASSPHRASE_FILE``), no plugin downloads. The stack
+is created when it does not exist yet. The Kubernetes provider reaches the cluster of
+``KUBECONFIG`` (``make cluster-up`` prints the export line). The engine's output is printed as it
+comes; exit 0 on success, 1 when the operation failed (the engine's error is printed), 2 on bad
+usage. Runs in its own process: a program run sets the SDK's process-wide state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import toolchain  # scripts/toolchain.py, beside this file
+from pulumi import automation as auto
+
+REPO = Path(__file__).resolve().parent.parent
+OPERATIONS = ("up", "preview", "refresh", "destroy")
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"stack: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/stack.py", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("operation", choices=OPERATIONS)
+    parser.add_argument("--stack", "-s", required=True, help="staging, prod, ...")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=REPO,
+        help="the project folder: Pulumi.yaml, Pulumi.<stack>.yaml, __main__.py (default: repo)",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=toolchain.DEFAULT_STATE,
+        help=f"backend and plugin home (default {toolchain.DEFAULT_STATE})",
+    )
+    parser.add_argument(
+        "--program",
+        type=Path,
+        help="run this file as the program instead of <dir>/__main__.py (the project stays --dir)",
+    )
+    parser.add_argument(
+        "--expect-no-changes",
+        action="store_true",
+        help="up/preview: fail if anything would change",
+    )
+    args = parser.parse_args(argv)
+    project = args.dir.resolve()
+    program_file = (args.program or project / "__main__.py").resolve()
+    for required in (project / "Pulumi.yaml", program_file):
+        if not required.is_file():
+            return fail(f"{required} is missing (--dir names the project folder)")
+    if not (
+        os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    ):
+        return fail("set PULUMI_CONFIG_PASSPHRASE (or _FILE): the stack's secrets are encrypted")
+    try:
+        built = toolchain.build()
+    except toolchain.ToolchainError as exc:
+        return fail(f"the Pulumi engine could not be built: {exc}", 1)
+    os.environ.update(toolchain.offline_env(built, args.state.resolve()))
+
+    def program() -> None:
+        sys.path.insert(0, str(program_file.parent))
+        try:
+            runpy.run_path(str(program_file), run_name="__main__")
+        finally:
+            sys.path.remove(str(program_file.parent))
+
+    os.chdir(project)
+    workspace = auto.LocalWorkspace(
+        work_dir=str(project),
+        program=program,
+        pulumi_command=auto.PulumiCommand(root=str(built.root)),
+    )
+    stack = auto.Stack.create_or_select(args.stack, workspace)
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    expect = args.expect_no_changes or None
+    try:
+        if args.operation == "up":
+            stack.up(on_output=out, expect_no_changes=expect)
+        elif args.operation == "preview":
+            stack.preview(on_output=out, expect_no_changes=expect)
+        elif args.operation == "refresh":
+            stack.refresh(on_output=out, expect_no_changes=expect)
+        else:
+            stack.destroy(on_output=out)
+    except auto.CommandError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
