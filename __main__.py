@@ -70,7 +70,7 @@ namespace_resource = k8s.core.v1.Namespace(
         cfg.namespace,
         None,
         {
-            **standard_labels(cfg, names.app, "namespace", cfg.app.version),
+            **standard_labels(cfg, names.app, "namespace", None),
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/warn": "restricted",
         },

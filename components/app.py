@@ -43,14 +43,17 @@ SERVICE_PORT = 80
 LIVENESS_PATH = "/api/health"
 READINESS_PATH = "/api/health/advanced"
 
-CANARY_IGNORED = (
-    "spec.replicas",
+RELEASED = (
     "spec.template.spec.containers[0].image",
     f'spec.template.metadata.labels["{VERSION}"]',
 )
-"""Fields of the canary Deployment the release engine owns (its container is the first)."""
-STABLE_IGNORED = ("spec.replicas",)
-"""The autoscaler owns the stable replicas."""
+"""The version a Deployment's pods run: the release engine sets it (its container is the first)
+on the canary for a release and on stable when it promotes or rolls back; ``pulumi up`` sets it
+only when it creates the Deployment, from ``portal:app.version``, which a promotion rewrites."""
+CANARY_IGNORED = ("spec.replicas", *RELEASED)
+"""Fields of the canary Deployment the release engine owns."""
+STABLE_IGNORED = ("spec.replicas", *RELEASED)
+"""The autoscaler owns the stable replicas, the release engine its version."""
 CANARY_INGRESS_IGNORED = (f'metadata.annotations["{CANARY_WEIGHT_ANNOTATION}"]',)
 
 
@@ -98,7 +101,7 @@ class App(pulumi.ComponentResource):
         names = cfg.names
         traffic = cfg.traffic
         child = pulumi.ResourceOptions(parent=self)
-        labels = standard_labels(cfg, names.app, API, cfg.app.version)
+        labels = standard_labels(cfg, names.app, API, None)
 
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",

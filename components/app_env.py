@@ -50,7 +50,7 @@ class AppEnv(pulumi.ComponentResource):
         super().__init__("portal:app_env:AppEnv", name, None, opts)
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
-        labels = standard_labels(cfg, cfg.names.app, API, cfg.app.version)
+        labels = standard_labels(cfg, cfg.names.app, API, None)
         token = random.RandomPassword(f"{name}-admin-token", length=40, special=False, opts=child)
 
         database_url: pulumi.Output[str] = pulumi.Output.secret(

@@ -1,6 +1,9 @@
-"""The migration Job of the stable version, as ``contract.migration`` builds it (``portalctl``
-builds each release's Job with the same function): created once Postgres is ready and before the
-app Deployments change (they depend on this Job; Pulumi waits for it to complete)."""
+"""The migration Job of the version the stack is created at, as ``contract.migration`` builds it
+(``portalctl`` builds each release's Job with the same function): created once Postgres is ready
+and before the app Deployments exist (they depend on this Job; Pulumi waits for it to complete).
+Later versions' migrations run as the Jobs ``portalctl release`` creates, so the version-bound
+fields of this one are left out of Pulumi's diffs: a promotion rewrites ``portal:app.version``
+and the next ``pulumi up`` neither replaces nor reruns this Job."""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import pulumi_kubernetes as k8s
 
 from components import kube
 from contract.config import StackConfig
-from contract.labels import PULUMI
+from contract.labels import PULUMI, VERSION
 from contract.migration import migration_job
+
+JOB_IGNORED = ("metadata.name", f'metadata.labels["{VERSION}"]', "spec.template")
+"""The Job's fields bound to the version it migrated to (its pod template is immutable anyway)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,10 @@ class Migration(pulumi.ComponentResource):
             # The pod template of a Job is immutable: a change replaces the Job, and with a
             # fixed name the old one has to go first.
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[args.database], delete_before_replace=True
+                parent=self,
+                depends_on=[args.database],
+                delete_before_replace=True,
+                ignore_changes=list(JOB_IGNORED),
             ),
         )
         self.job_name = self.job.metadata.name

@@ -58,16 +58,26 @@ def app_selector(cfg: StackConfig, track: Track | None = None) -> dict[str, str]
 
 
 def standard_labels(
-    cfg: StackConfig, name: str, component: str, version: str, managed_by: ManagedBy = PULUMI
+    cfg: StackConfig,
+    name: str,
+    component: str,
+    version: str | None,
+    managed_by: ManagedBy = PULUMI,
 ) -> dict[str, str]:
-    """The six standard labels every object carries."""
-    return {
+    """The standard labels every object carries; ``version`` only where the object is of one
+    version. The portal service's objects that outlive its releases (namespace, Secret, Services,
+    Ingresses, autoscaler, disruption budget, the Deployments themselves) pass None: the release
+    engine moves the version on the pods alone, without Pulumi, and a label naming the version
+    Pulumi last saw would be stale after every release (and a diff for every ``pulumi up``)."""
+    labels = {
         **selector(name, component),
         INSTANCE: cfg.environment,
-        VERSION: version,
         PART_OF: cfg.names.app,
         MANAGED_BY: managed_by,
     }
+    if version is not None:
+        labels[VERSION] = version
+    return labels
 
 
 def label_selector(labels: Mapping[str, str]) -> str:

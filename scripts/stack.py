@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--expect-no-changes",
         action="store_true",
-        help="up/preview: fail if anything would change",
+        help="up/preview/refresh: fail if anything would change",
     )
+    parser.add_argument("--diff", action="store_true", help="show the detailed diff")
     args = parser.parse_args(argv)
     project = args.dir.resolve()
     program_file = (args.program or project / "__main__.py").resolve()
@@ -103,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     expect = args.expect_no_changes or None
+    diff = args.diff or None
     try:
         if args.operation == "up":
-            stack.up(on_output=out, expect_no_changes=expect)
+            stack.up(on_output=out, expect_no_changes=expect, diff=diff)
         elif args.operation == "preview":
-            stack.preview(on_output=out, expect_no_changes=expect)
+            stack.preview(on_output=out, expect_no_changes=expect, diff=diff)
         elif args.operation == "refresh":
             stack.refresh(on_output=out, expect_no_changes=expect)
         else:

@@ -9,11 +9,11 @@ import pytest
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
-    "app.kubernetes.io/version",
     "app.kubernetes.io/component",
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 )
+VERSION = "app.kubernetes.io/version"
 
 
 def pod_spec(manifest):
@@ -35,6 +35,25 @@ def test_every_object_carries_the_standard_labels_and_lives_in_the_stack_namespa
         assert not missing, f"{c.kind} {c.object_name} lacks {missing}"
         if c.kind != "Namespace":
             assert m["metadata"]["namespace"] == f"portal-{run.stack}", c.object_name
+
+
+def test_the_version_label_is_only_where_it_stays_true(run, configs):
+    """Objects of one version carry it (Postgres, Redis and the monitoring by their image tag, the
+    migration Job and every portal pod by the app version); the portal's objects that outlive its
+    releases carry none, since a release moves the version on the pods without Pulumi."""
+    cfg = configs[run.stack]
+    for c in run.kubernetes():
+        m = c.manifest()
+        labels = m["metadata"].get("labels", {})
+        if labels["app.kubernetes.io/name"] == cfg.names.app and c.kind != "Job":
+            assert VERSION not in labels, f"{c.kind} {c.object_name}: {labels}"
+        else:
+            assert labels.get(VERSION), f"{c.kind} {c.object_name} lacks {VERSION}"
+        if c.kind in ("Deployment", "StatefulSet", "Job"):
+            assert pod_labels(m).get(VERSION), f"the pods of {c.kind} {c.object_name}"
+    for name in ("portal-stable", "portal-canary"):
+        pods = pod_labels(run.get("Deployment", name).manifest())
+        assert pods[VERSION] == cfg.app.version, name
 
 
 def test_postgres_is_a_statefulset_with_storage_exporter_probes_and_a_generated_password(run):
@@ -122,11 +141,21 @@ def test_the_canary_ingress_splits_traffic_and_the_engine_owns_its_weight(run):
     assert any("canary-weight" in path for path in ingress.ignore_changes)
 
 
-def test_pulumi_never_fights_a_release_over_canary_image_replicas_or_stable_replicas(run):
-    canary = run.get("Deployment", "portal-canary").ignore_changes
-    assert "spec.replicas" in canary
-    assert any("image" in p for p in canary)
-    assert "spec.replicas" in run.get("Deployment", "portal-stable").ignore_changes
+def test_pulumi_never_fights_a_release_over_image_version_or_replicas(run):
+    """The release engine sets the canary's image, version and replicas during a release and
+    stable's image and version on promotion; the autoscaler sets stable's replicas."""
+    version = 'spec.template.metadata.labels["app.kubernetes.io/version"]'
+    for name in ("portal-canary", "portal-stable"):
+        ignored = run.get("Deployment", name).ignore_changes
+        assert "spec.replicas" in ignored, name
+        assert "spec.template.spec.containers[0].image" in ignored, name
+        assert version in ignored, name
+
+
+def test_the_migration_job_is_not_replaced_when_a_promotion_rewrites_the_version(run):
+    job = run.find("Job")[0]
+    assert "metadata.name" in job.ignore_changes
+    assert "spec.template" in job.ignore_changes
 
 
 def test_app_probes_security_context_and_track_labels(run):
