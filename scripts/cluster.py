@@ -77,6 +77,9 @@ KWOK_STAGES = (
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
+# Our own stages, read from the repository at every start (each file says what it plays): the
+# ingress controller's address on every Ingress of class nginx, which `pulumi up` waits for.
+RUNTIME_STAGES = MODULES / "stages"
 
 # Addresses. Pods get IPs from the node's podCIDR (kwok allocates them); nothing routes there
 # unless a test puts processes at those addresses inside its own network namespace.
@@ -937,6 +940,7 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
                 # marks the node NotReady, and with it every pod)
                 "--node-lease-duration-seconds=40",
                 *(f"--config={stage}" for stage in sorted(built.stages.glob("*.yaml"))),
+                *(f"--config={stage}" for stage in sorted(RUNTIME_STAGES.glob("*.yaml"))),
             ],
         )
         _wait("kwok (node Ready)", cluster.ready, Path(kwok.log), kwok.pid, state)

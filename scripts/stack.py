@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for required in (project / "Pulumi.yaml", program_file):
         if not required.is_file():
             return fail(f"{required} is missing (--dir names the project folder)")
-    if not (
-        os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
-    ):
+    if not any(os.environ.get(f"PULUMI_CONFIG_PASSPHRASE{s}") for s in ("", "_FILE")):
         return fail("set PULUMI_CONFIG_PASSPHRASE (or _FILE): the stack's secrets are encrypted")
     try:
         built = toolchain.build()

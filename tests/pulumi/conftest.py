@@ -77,7 +77,12 @@ class Pulumi:
         return proc
 
     def stack(
-        self, operation: str, project: Path, stack: str, *extra: str, check: bool = True,
+        self,
+        operation: str,
+        project: Path,
+        stack: str,
+        *extra: str,
+        check: bool = True,
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
         """``up``/``preview``/``refresh``/``destroy`` of the Python program in ``project``
