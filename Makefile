@@ -52,7 +52,7 @@ cluster-status:
 	@python3 scripts/cluster.py status
 
 manifests: deps
-	$(BIN)/python -m components.render --stack $(STACK) --out manifests/$(STACK)
+	$(BIN)/python scripts/manifests.py --stack $(STACK) --out manifests/$(STACK)
 
 bench: deps
 	$(BIN)/python -m bench

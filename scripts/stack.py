@@ -82,6 +82,35 @@ def main(argv: list[str] | None = None) -> int:
     except toolchain.ToolchainError as exc:
         return fail(f"the Pulumi engine could not be built: {exc}", 1)
     os.environ.update(toolchain.offline_env(built, args.state.resolve()))
+    try:
+        run(
+            args.operation,
+            args.stack,
+            project,
+            program_file,
+            built,
+            expect_no_changes=args.expect_no_changes,
+            diff=args.diff,
+        )
+    except auto.CommandError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def run(
+    operation: str,
+    stack_name: str,
+    project: Path,
+    program_file: Path,
+    built: toolchain.Toolchain,
+    *,
+    expect_no_changes: bool = False,
+    diff: bool = False,
+) -> auto.Stack:
+    """One operation on the stack (created if missing) in ``project``, the engine's output
+    printed as it comes, in the environment of this process (``toolchain.offline_env``). Raises
+    ``auto.CommandError`` when the engine fails."""
 
     def program() -> None:
         sys.path.insert(0, str(program_file.parent))
@@ -96,26 +125,23 @@ def main(argv: list[str] | None = None) -> int:
         program=program,
         pulumi_command=auto.PulumiCommand(root=str(built.root)),
     )
-    stack = auto.Stack.create_or_select(args.stack, workspace)
+    stack = auto.Stack.create_or_select(stack_name, workspace)
 
     def out(line: str) -> None:
         print(line, flush=True)
 
-    expect = args.expect_no_changes or None
-    diff = args.diff or None
-    try:
-        if args.operation == "up":
-            stack.up(on_output=out, expect_no_changes=expect, diff=diff)
-        elif args.operation == "preview":
-            stack.preview(on_output=out, expect_no_changes=expect, diff=diff)
-        elif args.operation == "refresh":
-            stack.refresh(on_output=out, expect_no_changes=expect)
-        else:
-            stack.destroy(on_output=out)
-    except auto.CommandError as exc:
-        print(exc, file=sys.stderr, flush=True)
-        return 1
-    return 0
+    expect = expect_no_changes or None
+    if operation == "up":
+        stack.up(on_output=out, expect_no_changes=expect, diff=diff or None)
+    elif operation == "preview":
+        stack.preview(on_output=out, expect_no_changes=expect, diff=diff or None)
+    elif operation == "refresh":
+        stack.refresh(on_output=out, expect_no_changes=expect)
+    elif operation == "destroy":
+        stack.destroy(on_output=out)
+    else:
+        raise ValueError(f"unknown operation {operation!r}")
+    return stack
 
 
 if __name__ == "__main__":
