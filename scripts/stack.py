@@ -3,6 +3,7 @@
     .venv/bin/python scripts/stack.py up --stack staging
     .venv/bin/python scripts/stack.py preview --stack staging --expect-no-changes
     .venv/bin/python scripts/stack.py destroy --stack staging
+    .venv/bin/python scripts/stack.py volumes --stack staging   # before the first up: see below
 
 The Pulumi CLI runs a Python program through its ``pulumi-language-python`` plugin, which cannot
 be built here (the Go module proxy serves no version of its module). This runs the same
@@ -18,6 +19,11 @@ is created when it does not exist yet. The Kubernetes provider reaches the clust
 ``KUBECONFIG`` (``make cluster-up`` prints the export line). The engine's output is printed as it
 comes; exit 0 on success, 1 when the operation failed (the engine's error is printed), 2 on bad
 usage. Runs in its own process: a program run sets the SDK's process-wide state.
+
+``volumes`` is for a cluster without a storage provisioner (``make cluster-up``'s): it creates,
+for each claim the stack's StatefulSets will make, a PersistentVolume bound in advance to that
+claim (hostPath under ``/var/lib/portal-volumes``, reclaim policy Retain), as an operator of such
+a cluster does; one a destroyed stack left Released is made anew, a Bound one is left alone.
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ import argparse
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import toolchain  # scripts/toolchain.py, beside this file
 from pulumi import automation as auto
 
 REPO = Path(__file__).resolve().parent.parent
-OPERATIONS = ("up", "preview", "refresh", "destroy")
+OPERATIONS = ("up", "preview", "refresh", "destroy", "volumes")
+VOLUME_ROOT = "/var/lib/portal-volumes"
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for required in (project / "Pulumi.yaml", program_file):
         if not required.is_file():
             return fail(f"{required} is missing (--dir names the project folder)")
+    if args.operation == "volumes":
+        return volumes(args.stack, project)
     if not any(os.environ.get(f"PULUMI_CONFIG_PASSPHRASE{s}") for s in ("", "_FILE")):
         return fail("set PULUMI_CONFIG_PASSPHRASE (or _FILE): the stack's secrets are encrypted")
     try:
@@ -142,6 +153,72 @@ def run(
     else:
         raise ValueError(f"unknown operation {operation!r}")
     return stack
+
+
+def volumes(stack_name: str, project: Path) -> int:
+    """One PersistentVolume per claim of the stack's StatefulSets, bound in advance."""
+    sys.path.insert(0, str(REPO))
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from components.config import ConfigError
+    from components.render import manifests, run_stack
+
+    try:
+        objects = manifests(run_stack(stack_name, project))
+    except ConfigError as exc:
+        return fail(f"invalid stack config: {exc}")
+    try:
+        core: Any = client.CoreV1Api(config.new_client_from_config())  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the client raises several kinds; all mean "no cluster to reach"
+        return fail(f"no Kubernetes credentials: {exc} (set KUBECONFIG)", 1)
+    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+        namespace, name = sts["metadata"]["namespace"], sts["metadata"]["name"]
+        for template in sts["spec"].get("volumeClaimTemplates", []):
+            spec = template["spec"]
+            for ordinal in range(sts["spec"].get("replicas", 1)):
+                claim = f"{template['metadata']['name']}-{name}-{ordinal}"
+                volume = f"{namespace}-{claim}"
+                try:
+                    existing = core.read_persistent_volume(volume)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        return fail(f"reading PersistentVolume {volume}: {exc.reason}", 1)
+                    existing = None
+                if existing is not None and existing.status.phase in ("Bound", "Available"):
+                    print(f"{volume}: {existing.status.phase.lower()}, left as it is")
+                    continue
+                if existing is not None:  # Released by a destroyed stack: a new one for the claim
+                    core.delete_persistent_volume(volume)
+                    while True:
+                        try:
+                            core.read_persistent_volume(volume)
+                        except ApiException:
+                            break
+                        time.sleep(0.2)
+                body: dict[str, Any] = {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {
+                        "name": volume,
+                        "labels": {
+                            "app.kubernetes.io/part-of": "portal",
+                            "portal.dev/stack": stack_name,
+                        },
+                    },
+                    "spec": {
+                        "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                        "accessModes": spec["accessModes"],
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "claimRef": {"namespace": namespace, "name": claim},
+                        "hostPath": {"path": f"{VOLUME_ROOT}/{namespace}/{claim}"},
+                    },
+                }
+                if spec.get("storageClassName"):
+                    body["spec"]["storageClassName"] = spec["storageClassName"]
+                core.create_persistent_volume(body)
+                print(f"{volume}: created for claim {namespace}/{claim}")
+    return 0
 
 
 if __name__ == "__main__":

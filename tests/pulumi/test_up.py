@@ -3,11 +3,12 @@ built here (``make toolchain``) and the provider's await on.
 
 Each stack runs in a copy of the project (``Pulumi.yaml``, its stack file, ``__main__.py``; the
 components come from the repository) through ``scripts/stack.py``, the command the README gives,
-in its own namespace (``portal-staging``, ``portal-prod``), with its own state and passphrase. The
-control plane has no storage provisioner, so the test provides one PersistentVolume per claim as
-an operator of such a cluster does. The release engine's part runs in this process through the
-Kubernetes target the way ``portalctl release`` drives it, with no Pushgateway push and no gate
-reading a pod: nothing listens at kwok's pod addresses here.
+in its own namespace (``portal-staging``, ``portal-prod``), with its own state and passphrase.
+The control plane has no storage provisioner: ``scripts/stack.py volumes`` first provides one
+PersistentVolume per claim, as the README has an operator of such a cluster do. The release
+engine's part runs in this process through the Kubernetes target the way ``portalctl release``
+drives it, with no Pushgateway push and no gate reading a pod: nothing listens at kwok's pod
+addresses here, and a request there would leave the machine.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from rollout.engine import Outcome, ReleaseEngine
 from rollout.k8s import WEIGHT, KubernetesTarget
 from rollout.target import ReleaseSpec
 from tests.cluster.conftest import NotYet, wait_for
-from tests.cluster.test_stacks import remove_previous, render, volumes_for
+from tests.cluster.test_stacks import remove_previous
 from tests.pulumi.conftest import REPO, toolchain_script
 
 STACKS = ("staging", "prod")
@@ -158,11 +159,8 @@ def stacks(
         env["KUBECONFIG"] = str(control_plane.kubeconfig)
         env["PYTHONPATH"] = str(REPO)  # the program's components
         stack = Stack(name, project, root / "state", env, pulumi_toolchain.pulumi)
-        objects = render(name, root / "manifests")
-        namespace = stack.cfg.namespace
-        remove_previous(core, namespace, name)
-        for volume in volumes_for(objects, name):
-            core.create_persistent_volume(volume)
+        remove_previous(core, stack.cfg.namespace, name)
+        stack.op("volumes")
         stack.up = stack.op("up")
         result[name] = stack
     try:
