@@ -46,10 +46,10 @@ from pulumi import automation as auto
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from components.config import SECRET_KEYS, ConfigError, read_stack_values  # noqa: E402
 from components.mockrun import KIND_ORDER  # noqa: E402
 from components.render import write  # noqa: E402
 from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate  # noqa: E402
+from contract.config import SECRET_KEYS, ConfigError, read_stack_values  # noqa: E402
 
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
 PLACEHOLDER = "generated-at-deploy-time-{}"

@@ -161,8 +161,8 @@ def volumes(stack_name: str, project: Path) -> int:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    from components.config import ConfigError
     from components.render import manifests, run_stack
+    from contract.config import ConfigError
 
     try:
         objects = manifests(run_stack(stack_name, project))

@@ -7,8 +7,9 @@ in its own namespace (``portal-staging``, ``portal-prod``), with its own state a
 The control plane has no storage provisioner: ``scripts/stack.py volumes`` first provides one
 PersistentVolume per claim, as the README has an operator of such a cluster do. The release
 engine's part runs in this process through the Kubernetes target the way ``portalctl release``
-drives it, with no Pushgateway push and no gate reading a pod: nothing listens at kwok's pod
-addresses here, and a request there would leave the machine.
+drives it, with no gate reading a pod and its release events pushed to a Pushgateway on loopback
+instead of the one in the cluster: nothing listens at kwok's pod addresses here, and a request
+there (the API server's proxy to a pod) would leave the machine.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from components.config import StackConfig, load_stack, stack_file
-from rollout.engine import Outcome, ReleaseEngine
-from rollout.k8s import WEIGHT, KubernetesTarget
-from rollout.target import ReleaseSpec
+from contract.config import StackConfig, load_stack, stack_file
+from contract.labels import CANARY_WEIGHT_ANNOTATION as WEIGHT
+from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine
+from rollout.k8s import kubernetes_target
+from rollout.local.processes import free_port
+from rollout.local.servers import PushgatewayServer
+from rollout.ports import ReleaseSpec, Target
+from rollout.telemetry import PrometheusTelemetry
 from tests.cluster.conftest import NotYet, wait_for
 from tests.cluster.test_stacks import remove_previous
 from tests.pulumi.conftest import REPO, toolchain_script
@@ -61,7 +67,7 @@ class Stack:
 
     @property
     def file(self) -> Path:
-        return stack_file(self.name, self.project)
+        return Path(stack_file(self.name, self.project))
 
     @property
     def cfg(self) -> StackConfig:
@@ -247,11 +253,12 @@ def test_every_output_portalctl_relies_on_names_the_live_object(stacks, kube, na
         assert port in ports, (service, ports)
 
     # what portalctl sees through its Kubernetes target, from the stack file alone
-    target = KubernetesTarget(cfg, kube)
-    seen = target.state()
+    target = kubernetes_target(cfg, kube)
+    seen = target.workloads.state()
     assert (seen.stable_version, seen.stable_image) == (out["appVersion"], out["stableImage"])
     assert (seen.canary_replicas, seen.weight) == (0, 0)
-    assert f"/namespaces/{ns}/services/{out['prometheusService']}:" in target.prometheus_url
+    proxy = f"/namespaces/{ns}/services/{out['prometheusService']}:{out['prometheusPort']}/proxy"
+    assert target.telemetry.prometheus.base_url.endswith(proxy), target.telemetry.prometheus
 
 
 @pytest.mark.parametrize("name", STACKS)
@@ -323,10 +330,25 @@ def test_a_bad_value_in_the_stack_file_fails_preview_with_one_line_naming_the_ke
 # ------------------------------------------------------------------------------ releases
 
 
-def engine_for(stack: Stack, kube: client.ApiClient, **canary: Any) -> ReleaseEngine:
+@pytest.fixture(scope="module")
+def pushgateway(server_root: Path) -> Iterator[PushgatewayServer]:
+    """A real Pushgateway on loopback for the release events (see the module's docstring)."""
+    server = PushgatewayServer(server_root / f"push-{free_port()}", free_port()).start()
+    yield server
+    server.stop()
+
+
+def release_target(cfg: StackConfig, kube: client.ApiClient, push: str) -> Target:
+    """``portalctl``'s Kubernetes target for the stack, its events pushed to ``push``."""
+    target = kubernetes_target(cfg, kube, poll_s=0.5, timeout_s=180)
+    prometheus = target.telemetry.prometheus.base_url
+    return replace(target, telemetry=PrometheusTelemetry(prometheus, push, rate_window="5m"))
+
+
+def engine_for(stack: Stack, kube: client.ApiClient, push: str, **canary: Any) -> ReleaseEngine:
     """The release engine on the stack's cluster as ``portalctl release`` builds it (the stack
     file's config, its Kubernetes target, the stack file to rewrite on promotion), with the
-    canary settings given (written to the stack file first) and no Pushgateway push."""
+    canary settings given written to the stack file first."""
 
     def settings(config: dict[str, Any]) -> None:
         config["portal:canary"] = {**config.get("portal:canary", {}), **canary}
@@ -334,8 +356,17 @@ def engine_for(stack: Stack, kube: client.ApiClient, **canary: Any) -> ReleaseEn
     if canary:
         stack.edit(settings)
     cfg = stack.cfg
-    target = KubernetesTarget(cfg, kube, poll_s=0.5, timeout_s=180)
-    return ReleaseEngine(cfg, target, stackfile=stack.file, pushgateway_url=None)
+    return ReleaseEngine(cfg, release_target(cfg, kube, push), stackfile=stack.file)
+
+
+def pushed(push: PushgatewayServer, version: str) -> str:
+    """The release status the Pushgateway holds for ``version`` (``""`` if none)."""
+    with urllib.request.urlopen(f"{push.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("portal_release_status{") and f'version="{version}"' in line:
+            return str(line.rsplit(" ", 1)[-1])
+    return ""
 
 
 def live(stack: Stack, kube: client.ApiClient) -> dict[str, Any]:
@@ -361,7 +392,7 @@ def live(stack: Stack, kube: client.ApiClient) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", STACKS)
-def test_a_promotion_leaves_nothing_for_pulumi_to_change(stacks, kube, name):
+def test_a_promotion_leaves_nothing_for_pulumi_to_change(stacks, kube, pushgateway, name):
     """A release paused for approval, then promoted: the canary ran the new version, stable runs
     it now and the stack file says so. ``pulumi preview`` sees no change at either point, and
     the next ``pulumi up`` changes no resource, only the outputs that name the version."""
@@ -370,14 +401,17 @@ def test_a_promotion_leaves_nothing_for_pulumi_to_change(stacks, kube, name):
     version = "9.1.0"
     image = f"{cfg.app.image}:{version}"
     # the pause comes first: the promotion approves it and skips the step after it
-    engine = engine_for(stack, kube, steps=[{"pause": True}, {"weight": 100, "analysis": "1m"}])
-    held: Outcome = engine.start(ReleaseSpec("", version, image, {}))
-    assert held.status == "HELD", held
+    engine = engine_for(
+        stack, kube, pushgateway.url, steps=[{"pause": True}, {"weight": 100, "analysis": "1m"}]
+    )
+    held: Outcome = engine.start(ReleaseSpec("", version, image))
+    assert held.status == OutcomeStatus.HELD, held
     assert live(stack, kube)["canary"] == (image, version, cfg.app.canary_replicas)
     stack.op("preview", "--expect-no-changes")
 
     promoted = engine.request("promote", "tests")
-    assert promoted is not None and promoted.status == "PROMOTED", promoted
+    assert promoted is not None and promoted.status == OutcomeStatus.PROMOTED, promoted
+    assert pushed(pushgateway, version) == "1"  # the release event: promoted
     assert stack.cfg.app.version == version, stack.file.read_text()
     now = live(stack, kube)
     assert now["stable"][:2] == (image, version)
@@ -393,21 +427,22 @@ def test_a_promotion_leaves_nothing_for_pulumi_to_change(stacks, kube, name):
 KILLED_RELEASE = """
 import sys
 from kubernetes import config
-from components.config import load_stack, stack_file
+from contract.config import load_stack, stack_file
 from rollout.engine import ReleaseEngine
-from rollout.k8s import KubernetesTarget
-from rollout.target import ReleaseSpec
+from rollout.ports import ReleaseSpec
+from tests.pulumi.test_up import release_target
 
-stack, project, version, image = sys.argv[1:5]
+stack, project, version, image, push = sys.argv[1:6]
 cfg = load_stack(stack, project)
-target = KubernetesTarget(cfg, config.new_client_from_config(), poll_s=0.5, timeout_s=180)
-engine = ReleaseEngine(cfg, target, stackfile=stack_file(stack, project), pushgateway_url=None)
-engine.start(ReleaseSpec("", version, image, {}))
+target = release_target(cfg, config.new_client_from_config(), push)
+ReleaseEngine(cfg, target, stackfile=stack_file(stack, project)).start(
+    ReleaseSpec("", version, image)
+)
 """
 
 
 @pytest.mark.parametrize("name", STACKS)
-def test_a_release_killed_mid_step_leaves_nothing_pulumi_up_fights(stacks, kube, name):
+def test_a_release_killed_mid_step_leaves_nothing_pulumi_up_fights(stacks, kube, pushgateway, name):
     """The release engine is SIGKILLed with its canary at 25%, settling (long windows, so no
     gate reads a pod). ``pulumi preview`` then sees no change, and a ``pulumi up`` that changes
     the app's resources applies them to both Deployments and leaves the canary's image, version,
@@ -420,13 +455,20 @@ def test_a_release_killed_mid_step_leaves_nothing_pulumi_up_fights(stacks, kube,
     engine_for(
         stack,
         kube,
+        pushgateway.url,
         steps=[{"weight": 25, "analysis": "10m"}],
         settle="10m",
         interval="10m",
         leaseTtl="2s",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RELEASE, name, str(stack.project), version, image],
+        [
+            sys.executable,
+            "-c",
+            KILLED_RELEASE,
+            *(name, str(stack.project), version, image),
+            pushgateway.url,
+        ],
         cwd=REPO,
         env={**os.environ, "KUBECONFIG": stack.env["KUBECONFIG"], "PYTHONPATH": str(REPO)},
     )
@@ -458,8 +500,9 @@ def test_a_release_killed_mid_step_leaves_nothing_pulumi_up_fights(stacks, kube,
     stack.op("preview", "--expect-no-changes")
 
     time.sleep(2.5)  # the killed engine's lease (2 s) runs out: the abort acts itself
-    aborted = engine_for(stack, kube).request("abort", "tests")
-    assert aborted is not None and aborted.status == "ABORTED", aborted
+    aborted = engine_for(stack, kube, pushgateway.url).request("abort", "tests")
+    assert aborted is not None and aborted.status == OutcomeStatus.ABORTED, aborted
+    assert pushed(pushgateway, version) == "2"  # the release event: aborted
     after = live(stack, kube)
     assert (after["canary"][2], after["weight"]) == (0, "0")
     assert after["stable"] == in_flight["stable"]
