@@ -77,15 +77,23 @@ KWOK_STAGES = (
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
+# kwok serves a pod's log (`kubectl logs`, the API's pods/log) from the file a `Logs` object of
+# the same name points at; its CRD comes from the module too. Not part of the build, so not of
+# the cache key: copied into the cache when missing.
+KWOK_CRDS = ("kustomize/crd/bases/kwok.x-k8s.io_logs.yaml",)
 # Our own stages, read from the repository at every start (each file says what it plays): the
-# ingress controller's address on every Ingress of class nginx, which `pulumi up` waits for.
+# ingress controller's address on every Ingress of class nginx, which `pulumi up` waits for; pods
+# annotated `portal.test/runtime: process` are left to a process runtime outside kwok.
 RUNTIME_STAGES = MODULES / "stages"
 
 # Addresses. Pods get IPs from the node's podCIDR (kwok allocates them); nothing routes there
-# unless a test puts processes at those addresses inside its own network namespace.
+# unless a test puts processes at those addresses inside its own network namespace. Each running
+# cluster on this machine claims its own /24 of CLUSTER_CIDR (the first free one, POD_CIDR when
+# no other cluster runs), so the routes two test sessions add to their pods never collide.
 NODE_NAME = "portal-node-1"
 POD_CIDR = "10.244.0.0/24"
 CLUSTER_CIDR = "10.244.0.0/16"
+CIDR_CLAIMS = Path(os.environ.get("PORTAL_CLUSTER_CLAIMS", "/tmp/portal-cluster-claims"))
 SERVICE_CIDR = "10.96.0.0/16"
 # One node with a common machine size (16 cores, 64 GiB) less the usual system reservations.
 NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storage": "200Gi"}
@@ -320,6 +328,10 @@ class Build:
     def stages(self) -> Path:
         return self.root / "stages"
 
+    @property
+    def crds(self) -> Path:
+        return self.root / "crds"
+
     def binary(self, name: str) -> Path:
         return self.bin / name
 
@@ -415,12 +427,11 @@ def build(force: bool = False) -> Build:
                 default = re.sub(r"/v\d+$", "", package).rsplit("/", 1)[-1]
                 if default != name:
                     (tmp / "bin" / default).rename(tmp / "bin" / name)
-        kwok_dir = Path(
-            _go(["list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"], KWOK_MODULE).strip()
-        )
+        kwok_dir = _kwok_dir()
         (tmp / "stages").mkdir()
         for stage in KWOK_STAGES:
             shutil.copy(kwok_dir / stage, tmp / "stages" / Path(stage).name)
+        _copy_crds(tmp / "crds", kwok_dir)
         seconds = time.monotonic() - started
         (tmp / "build.json").write_text(
             json.dumps({"versions": asdict(versions), "seconds": round(seconds, 1)}, indent=2)
@@ -429,6 +440,20 @@ def build(force: bool = False) -> Build:
         tmp.rename(root)
         say(f"[{_clock(seconds)}] control plane built: {root / 'bin'}")
     return result
+
+
+def _kwok_dir() -> Path:
+    return Path(_go(["list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"], KWOK_MODULE).strip())
+
+
+def _copy_crds(into: Path, kwok_dir: Path | None = None) -> None:
+    missing = [crd for crd in KWOK_CRDS if not (into / Path(crd).name).exists()]
+    if not missing:
+        return
+    kwok_dir = kwok_dir or _kwok_dir()
+    into.mkdir(parents=True, exist_ok=True)
+    for crd in missing:
+        shutil.copy(kwok_dir / crd, into / Path(crd).name)
 
 
 @contextlib.contextmanager
@@ -597,6 +622,12 @@ def _stop_pid(pid: int, state: Path, grace: float = 15) -> None:
         os.waitpid(pid, 0)
 
 
+def _run_checked(argv: list[str], what: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise ClusterError(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -741,7 +772,37 @@ def up(state: Path = DEFAULT_STATE, progress: Callable[[str], None] = say) -> Cl
             progress(f"cleaning up a stale cluster in {state}")
             _down(state)
         binaries = build()
+        _copy_crds(binaries.crds)
         return _up(state, binaries, progress)
+
+
+def _claim_pod_cidr(state: Path) -> str:
+    """The first /24 of CLUSTER_CIDR that no running cluster on this machine holds, recorded as
+    ours (a claim file naming our state directory) until ``down``; a claim whose cluster no
+    longer runs is taken over."""
+    CIDR_CLAIMS.mkdir(parents=True, exist_ok=True)
+    with _locked(CIDR_CLAIMS / ".lock"):
+        for third in range(256):
+            cidr = f"10.244.{third}.0/24"
+            claim = CIDR_CLAIMS / cidr.replace("/", "_")
+            try:
+                owner = Path(claim.read_text().strip())
+            except FileNotFoundError:
+                owner = None
+            if owner is not None and owner != state:
+                holder = Cluster.load(owner)
+                if holder is not None and holder.pod_cidr == cidr and holder.alive():
+                    continue
+            claim.write_text(f"{state}\n")
+            return cidr
+    raise ClusterError(f"every /24 of {CLUSTER_CIDR} is held by a running cluster ({CIDR_CLAIMS})")
+
+
+def _release_pod_cidr(state: Path, cidr: str) -> None:
+    claim = CIDR_CLAIMS / cidr.replace("/", "_")
+    with contextlib.suppress(FileNotFoundError):
+        if Path(claim.read_text().strip()) == state:
+            claim.unlink()
 
 
 def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
@@ -786,9 +847,11 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
         ca=str(pki / "ca.crt"),
         versions=asdict(built.versions),
         ports=ports,
+        pod_cidr=_claim_pod_cidr(state),
     )
     cluster.save()
     bin = built.bin
+    pod_cidr = cluster.pod_cidr
 
     def launch(name: str, argv: list[str]) -> Component:
         component = _start(state, name, argv)
@@ -906,7 +969,7 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
                 state,
             )
 
-        progress(f"registering node {NODE_NAME} (pod CIDR {POD_CIDR}) and starting kwok")
+        progress(f"registering node {NODE_NAME} (pod CIDR {pod_cidr}) and starting kwok")
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -920,19 +983,27 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
                     "type": "kwok",
                 },
             },
-            "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
             "status": {"capacity": NODE_CAPACITY, "allocatable": NODE_ALLOCATABLE},
         }
         code, body = cluster.request("POST", "/api/v1/nodes", node)
         if code not in (201, 409):
             raise ClusterError(f"creating node {NODE_NAME} failed: HTTP {code}: {body}")
+        # kwok's Logs objects (one per pod whose log a runtime writes): the CRD first
+        kubectl = [str(bin / "kubectl"), f"--kubeconfig={cluster.kubeconfig}"]
+        for crd in sorted(built.crds.glob("*.yaml")):
+            _run_checked([*kubectl, "apply", "--server-side", "-f", str(crd)], "installing a CRD")
+        _run_checked(
+            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
+            "waiting for kwok's CRDs",
+        )
         kwok = launch(
             "kwok",
             [
                 str(bin / "kwok"),
                 f"--kubeconfig={kubeconfigs['portal-kwok']}",
                 f"--manage-single-node={NODE_NAME}",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={pod_cidr}",
                 "--node-ip=127.0.0.1",
                 f"--node-port={ports['kwok']}",
                 f"--server-address=127.0.0.1:{ports['kwok']}",
@@ -941,6 +1012,7 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
                 "--node-lease-duration-seconds=40",
                 *(f"--config={stage}" for stage in sorted(built.stages.glob("*.yaml"))),
                 *(f"--config={stage}" for stage in sorted(RUNTIME_STAGES.glob("*.yaml"))),
+                "--enable-crds=Logs",
             ],
         )
         _wait("kwok (node Ready)", cluster.ready, Path(kwok.log), kwok.pid, state)
@@ -972,6 +1044,7 @@ def _down(state: Path, keep_logs: bool = False) -> list[str]:
             if _our_process(component.pid, state):
                 _stop_pid(component.pid, state)
                 stopped.append(component.name)
+        _release_pod_cidr(state, cluster.pod_cidr)
     for sub in ("pki", "etcd", "certs", "kubeconfig", "cluster.json"):
         path = state / sub
         if path.is_dir():

@@ -4,6 +4,7 @@ one cluster, a crashed cluster is replaced, ``down`` leaves nothing running)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -14,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from tests.conftest import REPO, cluster_script
@@ -45,7 +45,9 @@ def test_the_node_is_ready_with_allocatable_capacity_and_a_pod_cidr(control_plan
     assert ready["Ready"] == "True"
     for resource in ("cpu", "memory", "pods"):
         assert node.status.allocatable[resource] == script.NODE_ALLOCATABLE[resource]
-    assert node.spec.pod_cidr == control_plane.pod_cidr == script.POD_CIDR
+    cidr = ipaddress.ip_network(node.spec.pod_cidr)
+    assert node.spec.pod_cidr == control_plane.pod_cidr
+    assert cidr.prefixlen == 24 and cidr.subnet_of(ipaddress.ip_network(script.CLUSTER_CIDR))
 
 
 def test_wrapper_module_replaces_every_staging_module_with_its_release_tag():
@@ -88,8 +90,9 @@ def ours_running(state: Path) -> list[int]:
     return found
 
 
-@pytest.mark.cluster
-def test_up_twice_is_one_cluster_a_crashed_one_is_replaced_and_down_leaves_nothing():
+def test_up_twice_is_one_cluster_a_crashed_one_is_replaced_and_down_leaves_nothing(control_plane):
+    """Beside the session's control plane: a second cluster on this machine claims a pod CIDR of
+    its own (routes to two clusters' pods never collide) and gives it back on ``down``."""
     state = Path(tempfile.mkdtemp(prefix="portal-cluster-cli-", dir="/tmp"))
     try:
         first = cli("up", state=state)
@@ -107,6 +110,8 @@ def test_up_twice_is_one_cluster_a_crashed_one_is_replaced_and_down_leaves_nothi
             "kube-scheduler",
             "kwok",
         }
+        cidr = json.loads(cli("status", "--json", state=state).stdout)["pod_cidr"]
+        assert cidr != control_plane.pod_cidr
 
         again = cli("up", state=state)
         assert again.returncode == 0, again.stderr
@@ -128,6 +133,8 @@ def test_up_twice_is_one_cluster_a_crashed_one_is_replaced_and_down_leaves_nothi
         down = cli("down", state=state)
         assert down.returncode == 0, down.stderr
         assert ours_running(state) == []
+        claims = cluster_script().CIDR_CLAIMS
+        assert not (claims / cidr.replace("/", "_")).exists(), "the pod CIDR is still claimed"
         assert not (state / "cluster.json").exists()
         assert not (state / "etcd").exists()
         assert cli("status", state=state).returncode == 1
