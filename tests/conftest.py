@@ -65,6 +65,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         try:
             script.build()
+            if any("data_plane" in getattr(i, "fixturenames", ()) for i in session.items):
+                script.build_prometheus()
         except script.ClusterError as exc:
             raise pytest.UsageError(f"the control plane could not be built: {exc}") from exc
 
@@ -103,6 +105,26 @@ def kube(control_plane: Any) -> Iterator[Any]:
     api = config.new_client_from_config(config_file=control_plane.kubeconfig)
     yield api
     api.close()
+
+
+@pytest.fixture(scope="session")
+def data_plane(control_plane: Any, kube: Any) -> Iterator[Any]:
+    """Real processes behind the pods of the namespaces a test enables (``tests/dataplane``):
+    ``data_plane.enable(namespace)`` before the pods are created (an apply, ``pulumi up``),
+    then the app, Postgres, Redis, the exporters, Prometheus and the Pushgateway of that
+    namespace run at their pod IPs. Stopped (processes, network namespaces, the admission
+    policy) at the end of the session."""
+    from contract.config import load_stack
+    from tests.dataplane import DataPlane, default_images
+    from tests.dataplane.images import repository
+
+    app = repository(load_stack("staging", REPO).app.image)
+    images = default_images(app, cluster_script().build_prometheus())
+    workdir = Path(tempfile.mkdtemp(prefix="portal-data-plane-", dir="/tmp"))
+    with DataPlane(kube, control_plane, workdir, images).running() as plane:
+        yield plane
+    if not os.environ.get("PORTAL_KEEP_TEST_SERVERS"):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +21,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from tests.cluster.conftest import Applied, NotYet, server_side_apply, wait_for
-from tests.conftest import REPO
+from tests.cluster.conftest import (
+    Applied,
+    NotYet,
+    condition,
+    remove_previous,
+    render,
+    server_side_apply,
+    volumes_for,
+    wait_converged,
+    wait_for,
+)
 
 STACKS = ("staging", "prod")
-TEST_LABEL = "portal.test/stack"
 
 
 @dataclass
@@ -40,71 +45,6 @@ class Deployed:
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] == kind]
-
-
-def render(stack: str, out: Path) -> list[dict[str, Any]]:
-    """The stack's objects in apply order, as ``make manifests`` writes them."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "components.render", "--stack", stack, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"render {stack} failed: {proc.stderr}"
-    return [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
-
-
-def volumes_for(deployed_objects: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
-    """One PersistentVolume per claim the StatefulSets will make, pre-bound to that claim."""
-    volumes = []
-    for sts in (o for o in deployed_objects if o["kind"] == "StatefulSet"):
-        namespace, name = sts["metadata"]["namespace"], sts["metadata"]["name"]
-        for template in sts["spec"].get("volumeClaimTemplates", []):
-            spec = template["spec"]
-            for ordinal in range(sts["spec"].get("replicas", 1)):
-                claim = f"{template['metadata']['name']}-{name}-{ordinal}"
-                volume = {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": f"{namespace}-{claim}", "labels": {TEST_LABEL: stack}},
-                    "spec": {
-                        "capacity": {"storage": spec["resources"]["requests"]["storage"]},
-                        "accessModes": spec["accessModes"],
-                        "persistentVolumeReclaimPolicy": "Retain",
-                        "claimRef": {"namespace": namespace, "name": claim},
-                        "hostPath": {"path": f"/var/lib/portal-volumes/{namespace}/{claim}"},
-                    },
-                }
-                if spec.get("storageClassName"):
-                    volume["spec"]["storageClassName"] = spec["storageClassName"]
-                volumes.append(volume)
-    return volumes
-
-
-def remove_previous(core: client.CoreV1Api, namespace: str, stack: str) -> None:
-    """A cluster reused from ``make cluster-up`` may hold an earlier run's stack: start clean."""
-    try:
-        core.delete_namespace(namespace)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-    else:
-
-        def gone() -> bool:
-            try:
-                core.read_namespace(namespace)
-            except ApiException as exc:
-                return bool(exc.status == 404)
-            return False
-
-        wait_for(f"namespace {namespace} deleted", gone)
-    selector = f"{TEST_LABEL}={stack}"
-    core.delete_collection_persistent_volume(label_selector=selector)
-    wait_for(
-        f"the {stack} test volumes deleted",
-        lambda: not core.list_persistent_volume(label_selector=selector).items,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -123,62 +63,8 @@ def deployed(
         applied = [server_side_apply(dynamic, obj) for obj in objects]
         result[stack] = Deployed(stack, namespace, objects, applied)
     for stack in STACKS:
-        wait_converged(kube, result[stack])
+        wait_converged(kube, result[stack].objects, result[stack].namespace)
     return result
-
-
-def _condition(obj: Any, kind: str) -> str | None:
-    for condition in (obj.status.conditions or []) if obj.status else []:
-        if condition.type == kind:
-            return str(condition.status)
-    return None
-
-
-def wait_converged(kube: client.ApiClient, deployed: Deployed) -> None:
-    apps, batch = client.AppsV1Api(kube), client.BatchV1Api(kube)
-    ns = deployed.namespace
-    for obj in deployed.of_kind("Deployment"):
-        name = obj["metadata"]["name"]
-
-        def deployment_done(name: str = name) -> str | None:
-            d = apps.read_namespaced_deployment(name, ns)
-            want = d.spec.replicas or 0
-            s = d.status
-            done = (
-                s.observed_generation == d.metadata.generation
-                and (s.updated_replicas or 0) == want
-                and (s.ready_replicas or 0) == want
-                and (s.available_replicas or 0) == want
-                and _condition(d, "Available") == "True"
-            )
-            return "done" if done else NotYet(f"{want} wanted; status {s.to_dict()}")
-
-        wait_for(f"{ns}/deployment {name} available", deployment_done)
-    for obj in deployed.of_kind("StatefulSet"):
-        name = obj["metadata"]["name"]
-
-        def statefulset_done(name: str = name) -> str | None:
-            s = apps.read_namespaced_stateful_set(name, ns)
-            want = s.spec.replicas or 0
-            st = s.status
-            done = (
-                st.observed_generation == s.metadata.generation
-                and (st.ready_replicas or 0) == want
-                and (st.available_replicas or 0) == want
-                and st.current_revision == st.update_revision
-            )
-            return "done" if done else NotYet(f"{want} wanted; status {st.to_dict()}")
-
-        wait_for(f"{ns}/statefulset {name} ready", statefulset_done)
-    for obj in deployed.of_kind("Job"):
-        name = obj["metadata"]["name"]
-
-        def job_done(name: str = name) -> str | None:
-            job = batch.read_namespaced_job(name, ns)
-            done = _condition(job, "Complete") == "True"
-            return "done" if done else NotYet(f"status {job.status.to_dict()}")
-
-        wait_for(f"{ns}/job {name} complete", job_done)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -244,7 +130,7 @@ def test_deployments_and_statefulsets_report_available(deployed, kube, stack):
     ns = deployed[stack].namespace
     for obj in deployed[stack].of_kind("Deployment"):
         d = apps.read_namespaced_deployment(obj["metadata"]["name"], ns)
-        assert _condition(d, "Available") == "True", obj["metadata"]["name"]
+        assert condition(d, "Available") == "True", obj["metadata"]["name"]
         assert (d.status.available_replicas or 0) == obj["spec"].get("replicas", 1)
     for obj in deployed[stack].of_kind("StatefulSet"):
         s = apps.read_namespaced_stateful_set(obj["metadata"]["name"], ns)
@@ -258,7 +144,7 @@ def test_migration_job_completes(deployed, kube, stack):
     batch = client.BatchV1Api(kube)
     (job,) = deployed[stack].of_kind("Job")
     live = batch.read_namespaced_job(job["metadata"]["name"], deployed[stack].namespace)
-    assert _condition(live, "Complete") == "True"
+    assert condition(live, "Complete") == "True"
     assert live.status.succeeded == 1
 
 
@@ -276,7 +162,7 @@ def test_services_have_endpoints_at_the_ready_pods(deployed, kube, control_plane
             str(p.status.pod_ip)
             for p in pods
             if all((p.metadata.labels or {}).get(k) == v for k, v in selector.items())
-            and _condition(p, "Ready") == "True"
+            and condition(p, "Ready") == "True"
         }
         assert all(ipaddress.ip_address(ip) in cidr for ip in ready), ready
 
