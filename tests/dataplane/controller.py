@@ -182,7 +182,7 @@ class PodRuntime:
         self.directory.mkdir(parents=True)
         self.directory.chmod(0o755)
         self.plane.write_dns(self)
-        self.link = self.plane.network.add_pod(self.key, self.ip)
+        self.link = self.plane.network.add_pod(self.uid, self.ip)
         images = []
         for spec in self.pod["spec"]["containers"]:
             image = self.plane.images.get(spec["image"])
@@ -267,7 +267,7 @@ class PodRuntime:
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=15)
         if self.link is not None:
-            self.plane.network.remove_pod(self.key)
+            self.plane.network.remove_pod(self.uid)
             self.link = None
 
     # -- for tests -----------------------------------------------------------------------------

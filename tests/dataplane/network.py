@@ -234,6 +234,11 @@ class PodNetwork:
                 return self.pods[key]
             self._count += 1
             n = self._count
+            # kwok hands a deleted pod's IP to the next pod: a namespace still holding it (its
+            # pod's processes being stopped) goes now
+            stale = [k for k, link in self.pods.items() if link.ip == pod_ip]
+        for other in stale:
+            self.remove_pod(other)
         if ipaddress.ip_address(pod_ip) not in self.pod_cidr:
             raise NetworkError(f"pod IP {pod_ip} is outside the node's pod CIDR {self.pod_cidr}")
         netns, node_side = f"{self.prefix}-p{n}", f"p{n}"
@@ -255,7 +260,7 @@ class PodNetwork:
             )
             sysctl(self.node, f"net.ipv4.conf.{node_side}.proxy_arp", "1")
             ip("link", "set", node_side, "up", netns=self.node)
-            ip("route", "add", f"{pod_ip}/32", "dev", node_side, netns=self.node)
+            ip("route", "replace", f"{pod_ip}/32", "dev", node_side, netns=self.node)
             ip("addr", "add", f"{pod_ip}/32", "dev", "eth0", netns=netns)
             ip("link", "set", "eth0", "up", netns=netns)
             ip("route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link", netns=netns)
