@@ -107,6 +107,27 @@ NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "110", "ephemeral-storag
 NODE_ALLOCATABLE = {"cpu": "15800m", "memory": "62Gi", "pods": "110", "ephemeral-storage": "190Gi"}
 
 ADMIN_USER = "portal-admin"
+# What the API server records of each request (verb, resource, user, answer), for people and
+# tests asking what a client really calls: everyone but the control plane's own components.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {
+            "level": "None",
+            "users": [
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+                "system:apiserver",
+                "portal-kwok",
+            ],
+        },
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version"]},
+        {"level": "Metadata"},
+    ],
+}
 READY_TIMEOUT = float(os.environ.get("PORTAL_CLUSTER_READY_TIMEOUT", "180"))
 
 
@@ -618,6 +639,11 @@ class Cluster:
     def state(self) -> Path:
         return Path(self.dir)
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per request (``AUDIT_POLICY``)."""
+        return self.state / "logs" / "audit.log"
+
     @classmethod
     def load(cls, state: Path) -> Cluster | None:
         try:
@@ -986,6 +1012,7 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         _wait("etcd", lambda: _http_ok(f"{etcd_url}/health"), Path(etcd.log), etcd.pid, state)
 
+        (pki / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY, indent=2))
         progress(f"starting kube-apiserver {built.versions.kubernetes} on {server}")
         apiserver = launch(
             "kube-apiserver",
@@ -1018,6 +1045,11 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--audit-policy-file={pki / 'audit-policy.json'}",
+                f"--audit-log-path={cluster.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=200",
+                "--audit-log-maxbackup=1",
             ],
         )
         _wait(
