@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -262,3 +262,31 @@ def apply_stack(
     for volume in volumes_for(objects, label):
         core.create_persistent_volume(volume)
     return [server_side_apply(dynamic, obj) for obj in objects]
+
+
+RELEASE_NAMESPACE = "portal-release"
+
+
+@pytest.fixture(scope="session")
+def release_stack(
+    kube: client.ApiClient,
+    dynamic: DynamicClient,
+    control_plane: Any,
+    data_plane: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """Staging in its own namespace on the real control plane, every workload a real process
+    where one exists, seeded, under steady load through the ingress controller; ``portalctl``
+    runs with the README's Role (``tests/cluster/release.py``)."""
+    from tests.cluster.release import deploy_release_stack
+
+    workdir = tmp_path_factory.mktemp("release-stack")
+    stack = deploy_release_stack(
+        kube, dynamic, control_plane, data_plane, RELEASE_NAMESPACE, workdir
+    )
+    try:
+        yield stack
+    finally:
+        stack.load.stop()
+        stack.ingress.stop()
+        data_plane.disable(RELEASE_NAMESPACE)
