@@ -1,7 +1,8 @@
 """Strict validation of Kubernetes objects against the official schemas (no Pulumi import).
 
-One check for every place an object is judged: the rendered manifests (``make manifests``) and
-the API stand-in the release engine is tested against.
+Every rendered object (``make manifests``, ``python -m components.render``) passes it before it is
+written, so a typo in a component fails offline, before any cluster sees it; the tests also apply
+the same objects to a real API server (``tests/cluster/``).
 """
 
 from __future__ import annotations
