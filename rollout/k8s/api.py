@@ -108,22 +108,40 @@ class Deployments:
         return int(self.read(name).spec.replicas or 0)
 
     def wait_rollout(self, name: str) -> None:
-        """Until the Deployment's new generation is observed and every replica is updated,
-        ready and available; a timeout names what is missing."""
+        """Until the Deployment's new generation is observed, every replica runs the new template
+        and is available, and no pod of an older one is left (what ``kubectl rollout status``
+        waits for); a timeout, or the controller giving up (``ProgressDeadlineExceeded``), names
+        what is missing."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             dep = self.read(name)
             want = int(dep.spec.replicas or 0)
             st = dep.status
             observed = (st.observed_generation or 0) >= (dep.metadata.generation or 0)
+            total = int(st.replicas or 0)
             updated = int(st.updated_replicas or 0)
             ready = int(st.ready_replicas or 0)
             available = int(st.available_replicas or 0)
-            if observed and updated >= want and ready >= want and available >= want:
+            old = max(0, total - updated)
+            if observed and updated >= want and old == 0 and available >= want and ready >= want:
                 return
-            detail = f"{ready}/{want} ready, {updated} updated, {available} available" + (
-                "" if observed else ", new generation not yet observed"
+            detail = (
+                f"{ready}/{want} ready, {updated} updated, {available} available"
+                + (f", {old} old pending termination" if old else "")
+                + ("" if observed else ", new generation not yet observed")
             )
+            stalled = next(
+                (
+                    c
+                    for c in st.conditions or []
+                    if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"
+                ),
+                None,
+            )
+            if observed and stalled is not None:
+                raise TargetError(
+                    f"Deployment {name} stopped progressing: {stalled.message} ({detail})"
+                )
             if time.monotonic() >= deadline:
                 raise TargetError(
                     f"Deployment {name} did not roll out within {self.timeout_s:g}s: {detail}"

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client, config
 
 from contract.config import load_stack
+from rollout.k8s import kubernetes_target
 from rollout.k8s.ledger_store import ConfigMapLedgerStore
 from rollout.ledger import Incident, Lease, Ledger, LedgerDoc
 from rollout.ports import ConflictError
@@ -297,3 +298,15 @@ def test_scripted_rollback_is_refused_after_a_contract_migration(release_stack):
     )
     assert condition(job, "Complete") == "True"
 
+
+
+def test_stable_has_rolled_out_when_set_stable_returns(release_stack):
+    """The Deployment controller replaces stable's pods one at a time (maxUnavailable 0): the
+    wait ends when no pod of the old version is left, not when as many pods as wanted are
+    ready, which the old ones are while the last new one starts."""
+    stack = release_stack
+    api = config.new_client_from_config(config_file=str(stack.kubeconfig))
+    target = kubernetes_target(stack.config(), api, poll_s=0.2, timeout_s=180)
+    for version in ("9.0.0", "9.0.1"):
+        target.workloads.set_stable(version, image(version))
+        assert stack.versions("stable") == {version}
