@@ -112,12 +112,34 @@ def _finish(outcome: Outcome) -> NoReturn:
     raise typer.Exit(outcome.exit_code)
 
 
-def _guard(fn: Callable[[], Outcome | None]) -> Outcome | None:
+def _in_flight(engine: ReleaseEngine | None) -> str | None:
+    """The id of the release left unfinished, when the ledger can say."""
+    if engine is None:
+        return None
+    try:
+        release = engine.ledger.read().active()
+    except Exception:  # the ledger itself may be what failed: then there is nothing to add
+        return None
+    return release.id if release is not None else None
+
+
+def _guard(fn: Callable[[], Outcome | None], engine: ReleaseEngine | None = None) -> Outcome | None:
     try:
         return fn()
     except ReleaseInProgress as exc:
         fail(str(exc))
-    except (ReleaseError, LedgerError, TargetError, ServerError, ConfigError) as exc:
+    except TargetError as exc:
+        # the cluster refused or failed an operation mid-release (a missing RBAC verb, a
+        # timeout): the transition stays in the ledger as intent, to be redone by resume
+        release = _in_flight(engine)
+        if release is None:
+            fail(str(exc))
+        fail(
+            f"{exc} - release {release} is still in flight: fix that, then "
+            "`portalctl release resume` (or `abort`)",
+            EXIT_HELD,
+        )
+    except (ReleaseError, LedgerError, ServerError, ConfigError) as exc:
         fail(str(exc))
 
 
@@ -174,7 +196,7 @@ def release_start(
         root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
         LocalStack(root).set_version_env(str(version), extra)
     engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
-    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image)))
+    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image)), engine)
     assert outcome is not None
     _finish(outcome)
 
@@ -190,7 +212,7 @@ def release_resume(
     """Continue the release in flight from the step it was on (after a crash or a hold)."""
     cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
-    outcome = _guard(engine.resume)
+    outcome = _guard(engine.resume, engine)
     assert outcome is not None
     _finish(outcome)
 
@@ -205,7 +227,7 @@ def _request(
 ) -> None:
     cfg, target = _open(stack, local, project_dir, context, local_dir)
     engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
-    outcome = _guard(lambda: engine.request(action, _user()))
+    outcome = _guard(lambda: engine.request(action, _user()), engine)
     if outcome is None:
         console.print(
             f"{action} recorded; the running portalctl acts on it within {cfg.canary.interval_s:g}s"

@@ -10,6 +10,7 @@ release is a faulty image (``data_plane.images.portal``), as it would be in a re
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ from rollout.k8s.ledger_store import ConfigMapLedgerStore
 from rollout.ledger import Incident, Lease, Ledger, LedgerDoc
 from rollout.ports import ConflictError
 from tests.cluster.conftest import NotYet, condition, wait_for
-from tests.cluster.release import STACK
+from tests.cluster.release import STACK, bind
 
 pytestmark = pytest.mark.slow
 REPOSITORY = "ghcr.io/acme/portal"
@@ -299,7 +300,6 @@ def test_scripted_rollback_is_refused_after_a_contract_migration(release_stack):
     assert condition(job, "Complete") == "True"
 
 
-
 def test_stable_has_rolled_out_when_set_stable_returns(release_stack):
     """The Deployment controller replaces stable's pods one at a time (maxUnavailable 0): the
     wait ends when no pod of the old version is left, not when as many pods as wanted are
@@ -310,3 +310,48 @@ def test_stable_has_rolled_out_when_set_stable_returns(release_stack):
     for version in ("9.0.0", "9.0.1"):
         target.workloads.set_stable(version, image(version))
         assert stack.versions("stable") == {version}
+
+
+@pytest.mark.parametrize(
+    ("group", "resource", "verb", "command", "code"),
+    [
+        ("", "configmaps", "get", ("release", "status"), 2),
+        (
+            "networking.k8s.io",
+            "ingresses",
+            "patch",
+            ("release", "start", "--image", image("10.0.0")),
+            3,
+        ),
+    ],
+)
+def test_a_verb_missing_from_the_role_is_refused_in_one_line(
+    release_stack, kube, control_plane, group, resource, verb, command, code
+):
+    """Each verb of the README's Role is needed: without it the API server refuses, and
+    ``portalctl`` says so in one line naming the verb and the resource (no traceback). A refusal
+    mid-release leaves the release in flight (exit 3: here the rollback the failed weight change
+    started); once the verb is back, resume finishes it."""
+    stack = release_stack
+    stack.set_canary()
+    role = json.loads(json.dumps(stack.role))
+    for rule in role["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    bind(kube, control_plane, role, stack.kubeconfig)
+    try:
+        done = stack.portalctl(*command)
+    finally:
+        bind(kube, control_plane, stack.role, stack.kubeconfig)
+    assert done.returncode == code, done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f'cannot {verb} resource "{resource}"' in lines[0], lines[0]
+    if code == 3:
+        assert "release resume" in lines[0]
+        resumed = stack.portalctl("release", "resume")
+        assert resumed.returncode == 1, resumed.stderr + resumed.stdout
+        assert "ROLLED BACK" in resumed.stdout
+        assert stack.ledger().active() is None
+        assert_canary_empty(stack)
