@@ -44,7 +44,7 @@ from rollout.local.servers import PushgatewayServer
 from rollout.ports import ReleaseSpec, Target
 from rollout.telemetry import PrometheusTelemetry
 from tests.cluster.conftest import NotYet, wait_for
-from tests.cluster.test_stacks import remove_previous
+from tests.cluster.conftest import remove_previous
 from tests.pulumi.conftest import REPO, toolchain_script
 
 STACKS = ("staging", "prod")
