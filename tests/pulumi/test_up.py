@@ -43,8 +43,7 @@ from rollout.local.processes import free_port
 from rollout.local.servers import PushgatewayServer
 from rollout.ports import ReleaseSpec, Target
 from rollout.telemetry import PrometheusTelemetry
-from tests.cluster.conftest import NotYet, wait_for
-from tests.cluster.conftest import remove_previous
+from tests.cluster.conftest import NotYet, remove_previous, wait_for
 from tests.pulumi.conftest import REPO, toolchain_script
 
 STACKS = ("staging", "prod")
