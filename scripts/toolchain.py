@@ -34,8 +34,6 @@ whose language host is the Python SDK itself (``scripts/stack.py``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -45,13 +43,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import gobuild  # scripts/gobuild.py, beside this file
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = Path(__file__).resolve().parent / "toolchain"
@@ -74,8 +72,7 @@ def say(message: str) -> None:
     print(f"toolchain: {message}", file=sys.stderr, flush=True)
 
 
-def _clock(seconds: float) -> str:
-    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+GO = gobuild.Go(ToolchainError, say)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,14 +117,14 @@ class Part:
 def _kubernetes_schema(part: Part, src: Path, env: Mapping[str, str], log: Path) -> None:
     """The provider's ``schema-embed.json`` and ``terraform-mapping-embed.json``: its own
     ``generate.go`` run on the ``schema.json`` and ``terraform-mapping.json`` the module ships."""
-    provider = _module_dir(src, "github.com/pulumi/pulumi-kubernetes/provider/v4", env)
+    provider = GO.module_dir(src, "github.com/pulumi/pulumi-kubernetes/provider/v4", env)
     cmd = provider / "cmd" / "pulumi-resource-kubernetes"
     gen = src / "gen"
     gen.mkdir(exist_ok=True)
     for name in ("schema.json", "terraform-mapping.json"):
         shutil.copyfile(cmd / name, src / name)
     shutil.copyfile(cmd / "generate.go", gen / "generate.go")
-    _run_logged(
+    GO.build_logged(
         f"{part.name}: schema generator",
         ["go", "run", "./gen/generate.go"],
         src,
@@ -144,9 +141,9 @@ def _random_schema(part: Part, src: Path, env: Mapping[str, str], log: Path) -> 
     (tfgen), built from our provider definition with the ``tfgen`` tag, run on it."""
     gen = src / "gen"
     gen.mkdir(exist_ok=True)
-    total = len(_go(["list", "-deps", "-tags", "tfgen", "."], src, env).split())
+    total = len(GO.run(["list", "-deps", "-tags", "tfgen", "."], src, env).split())
     tfgen = gen / "pulumi-tfgen-random"
-    _run_logged(
+    GO.build_logged(
         f"{part.name}: schema generator build",
         ["go", "build", "-v", *BUILD_FLAGS, "-tags", "tfgen", "-o", str(tfgen), "."],
         src,
@@ -154,7 +151,7 @@ def _random_schema(part: Part, src: Path, env: Mapping[str, str], log: Path) -> 
         log,
         total=total,
     )
-    _run_logged(
+    GO.build_logged(
         f"{part.name}: schema generator",
         [str(tfgen), "schema", "--out", str(gen), "--skip-docs", "--skip-examples"],
         src,
@@ -264,92 +261,8 @@ NOT_SERVED = {
 # --------------------------------------------------------------------------------------------
 
 
-def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("GOTOOLCHAIN", "local")  # never download a toolchain behind the user's back
-    env["CGO_ENABLED"] = "0"
-    env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -mod=readonly -buildvcs=false").strip()
-    return env
-
-
-def _go(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
-    if shutil.which("go") is None:
-        raise ToolchainError("the `go` command is missing: install Go 1.26 or newer")
-    proc = subprocess.run(
-        ["go", *args],
-        cwd=cwd,
-        env=dict(env or _go_env()),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()
-        raise ToolchainError(f"go {' '.join(args)} (in {cwd}) failed: {' | '.join(detail[-5:])}")
-    return proc.stdout
-
-
 def go_version() -> str:
-    return _go(["env", "GOVERSION"], REPO).strip()
-
-
-def _module_dir(cwd: Path, module: str, env: Mapping[str, str]) -> Path:
-    return Path(_go(["list", "-m", "-f", "{{.Dir}}", module], cwd, env).strip())
-
-
-def _run_logged(
-    label: str, argv: Sequence[str], cwd: Path, env: Mapping[str, str], log: Path, total: int = 0
-) -> None:
-    """Run one go command niced, its output to ``log``; a progress line every 20 s (packages
-    compiled out of ``total`` for ``go build -v``) and the last lines of output on failure."""
-    started = time.monotonic()
-    compiled = 0
-    last = ""
-    tail: deque[str] = deque(maxlen=30)
-    stop = threading.Event()
-
-    def report() -> None:
-        while not stop.wait(20):
-            if total:
-                phase = f"compiled {compiled} of ~{total} packages"
-                if compiled >= total * 0.97:
-                    phase += ", linking"
-                phase += f" (last: {last})" if last else ""
-            else:
-                phase = "running"
-            say(f"[{_clock(time.monotonic() - started)}] {label}: {phase}")
-
-    ticker = threading.Thread(target=report, daemon=True)
-    with log.open("a") as sink:
-        sink.write(f"$ (cd {cwd} && {shlex.join(argv)})\n")
-        sink.flush()
-        proc = subprocess.Popen(
-            ["nice", "-n", "10", *argv],
-            cwd=cwd,
-            env=dict(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        ticker.start()
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sink.write(line)
-            text = line.rstrip()
-            if total and re.fullmatch(r"[\w./~+-]+", text):
-                compiled += 1
-                last = text
-            elif text:
-                tail.append(text)
-        code = proc.wait()
-        stop.set()
-    if code != 0:
-        for line in tail:
-            print(f"  {line}", file=sys.stderr)
-        raise ToolchainError(
-            f"{label} exited {code} after {_clock(time.monotonic() - started)}; "
-            f"its last output is above, the whole log in {log}"
-        )
+    return GO.version(REPO)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,8 +303,8 @@ def _upstream_replaces(part: Part, scratch: Path) -> list[str]:
     ``replaces`` win); a replacement by a local folder must be named in ``local_replaces`` (the
     served version standing for it) or ``dropped_replaces``."""
     release, version = next(iter(part.requires.items()))
-    info = json.loads(_go(["mod", "download", "-json", f"{release}@{version}"], scratch))
-    gomod = json.loads(_go(["mod", "edit", "-json", info["GoMod"]], scratch))
+    info = json.loads(GO.run(["mod", "download", "-json", f"{release}@{version}"], scratch))
+    gomod = json.loads(GO.run(["mod", "edit", "-json", info["GoMod"]], scratch))
     lines = []
     for replace in gomod.get("Replace") or []:
         old, new = replace["Old"], replace["New"]
@@ -418,7 +331,7 @@ def pin_part(part: Part) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"toolchain-pin-{part.name}-") as tmp:
         scratch = Path(tmp)
-        env = {**_go_env(), "GOFLAGS": "-mod=mod -buildvcs=false"}
+        env = {**gobuild.go_env(), "GOFLAGS": "-mod=mod -buildvcs=false"}
         text = f"module {part.module or 'portal.local/toolchain/' + part.name}\n\ngo 1.26\n\n"
         if part.tool:
             text += f"tool {part.package}\n\n"
@@ -431,7 +344,7 @@ def pin_part(part: Part) -> None:
             shutil.copyfile(own, scratch / own.name)
             for embed in re.findall(r"//go:embed (\S+)", own.read_text()):
                 (scratch / embed).write_text("{}")
-        _go(["mod", "tidy"], scratch, env)
+        GO.run(["mod", "tidy"], scratch, env)
         (target / "go.mod").write_text(_header(part) + (scratch / "go.mod").read_text())
         shutil.copyfile(scratch / "go.sum", target / "go.sum")
     say(f"pinned {part.name}: {target / 'go.mod'}")
@@ -501,17 +414,6 @@ def locate(parts: Sequence[Part] = PARTS) -> Toolchain:
     return Toolchain(CACHE_ROOT / digest.hexdigest()[:16], tuple(parts))
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _build_part(part: Part, go: str) -> tuple[Path, float]:
     """The part's binary in its own cache folder, built there if missing."""
     root = CACHE_ROOT / "parts" / f"{part.name}-{part_key(part, go)}"
@@ -527,17 +429,17 @@ def _build_part(part: Part, go: str) -> tuple[Path, float]:
     for path in _wrapper_files(part):
         shutil.copyfile(path, src / path.name)
     log = tmp / "build.log"
-    env = _go_env()
+    env = gobuild.go_env()
     try:
         t0 = time.monotonic()
-        _run_logged(f"{part.name}: go mod download", ["go", "mod", "download"], src, env, log)
-        say(f"[{_clock(time.monotonic() - t0)}] {part.name}: modules downloaded")
+        GO.build_logged(f"{part.name}: go mod download", ["go", "mod", "download"], src, env, log)
+        say(f"[{gobuild.clock(time.monotonic() - t0)}] {part.name}: modules downloaded")
         if part.prepare is not None:
             t0 = time.monotonic()
             part.prepare(part, src, env, log)
-            say(f"[{_clock(time.monotonic() - t0)}] {part.name}: generated files written")
+            say(f"[{gobuild.clock(time.monotonic() - t0)}] {part.name}: generated files written")
         total = len(
-            _go(
+            GO.run(
                 [
                     "list",
                     "-deps",
@@ -553,7 +455,7 @@ def _build_part(part: Part, go: str) -> tuple[Path, float]:
         if part.tags:
             argv += ["-tags", ",".join(part.tags)]
         argv += ["-ldflags", " ".join(ldflags), "-o", str(tmp / part.binary), part.package]
-        _run_logged(f"{part.name}: go build", argv, src, env, log, total=total)
+        GO.build_logged(f"{part.name}: go build", argv, src, env, log, total=total)
     except ToolchainError as exc:
         raise ToolchainError(f"building {part.title} failed: {exc}") from exc
     seconds = time.monotonic() - started
@@ -566,7 +468,7 @@ def _build_part(part: Part, go: str) -> tuple[Path, float]:
     shutil.rmtree(tmp / "src")  # the module cache keeps the sources; the build cache the objects
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
-    say(f"[{_clock(seconds)}] {part.name}: built {binary}")
+    say(f"[{gobuild.clock(seconds)}] {part.name}: built {binary}")
     return binary, seconds
 
 
@@ -576,7 +478,7 @@ def build(parts: Sequence[Part] = PARTS, force: bool = False) -> Toolchain:
     toolchain = locate(parts)
     if toolchain.complete() and not force:
         return toolchain
-    with _locked(CACHE_ROOT / "build.lock"):
+    with gobuild.locked(CACHE_ROOT / "build.lock"):
         if toolchain.complete() and not force:
             return toolchain  # another process built it while we waited
         go = go_version()
@@ -614,7 +516,7 @@ def build(parts: Sequence[Part] = PARTS, force: bool = False) -> Toolchain:
         shutil.rmtree(toolchain.root, ignore_errors=True)
         tmp.rename(toolchain.root)
         if any(seconds for _, _, seconds in built):
-            say(f"[{_clock(time.monotonic() - started)}] built {toolchain.bin}")
+            say(f"[{gobuild.clock(time.monotonic() - started)}] built {toolchain.bin}")
     return toolchain
 
 

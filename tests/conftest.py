@@ -31,16 +31,24 @@ from rollout.local.stack import DEFAULT_STACK_FILE, STACK, LocalStack
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cluster_script() -> ModuleType:
-    """``scripts/cluster.py`` (the control plane's build and start) imported as a module."""
-    name = "portal_cluster"
+def script(file: str) -> ModuleType:
+    """``scripts/<file>.py`` imported as a module (its siblings importable, as when it runs)."""
+    folder = str(REPO / "scripts")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    name = f"portal_{file}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "cluster.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{file}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def cluster_script() -> ModuleType:
+    """``scripts/cluster.py`` (the control plane's build and start) imported as a module."""
+    return script("cluster")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

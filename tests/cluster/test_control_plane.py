@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes import client
 
 from tests.conftest import REPO, cluster_script
+from tests.conftest import script as load_script
 
 SCRIPT = REPO / "scripts" / "cluster.py"
 
@@ -53,10 +54,10 @@ def test_the_node_is_ready_with_allocatable_capacity_and_a_pod_cidr(control_plan
 def test_wrapper_module_replaces_every_staging_module_with_its_release_tag():
     """The wrapper go.mod is what ``scripts/cluster.py pin`` generates from the release's own
     go.mod: each staging module (``v0.0.0`` plus a local replace upstream) at its tag."""
-    script = cluster_script()
+    script = load_script("cluster_build")
     ours = (REPO / "scripts/cluster/kubernetes/go.mod").read_text()
     release = pinned("k8s.io/kubernetes", REPO / "scripts/cluster/kubernetes/go.mod")
-    upstream = Path(script._download("k8s.io/kubernetes", release)["GoMod"]).read_text()
+    upstream = Path(script.GO.download("k8s.io/kubernetes", release)["GoMod"]).read_text()
     staging = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", upstream, re.M)
     replaced = dict(re.findall(r"^\s*(k8s\.io/[\w.-]+) => k8s\.io/[\w.-]+ (v\S+)", ours, re.M))
     tag = "v0." + release.removeprefix("v1.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import secrets
 import subprocess
 import sys
@@ -15,19 +14,12 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from tests.conftest import REPO, script
 
 
 def toolchain_script() -> ModuleType:
     """``scripts/toolchain.py`` imported as a module."""
-    name = "portal_toolchain"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "toolchain.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return script("toolchain")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
