@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.pulumi.conftest import REPO
+from tests.conftest import REPO
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

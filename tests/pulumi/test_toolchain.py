@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pulumi.conftest import REPO, Pulumi
+from tests.conftest import REPO
+from tests.pulumi.conftest import Pulumi
 
 SDK_KUBERNETES = "4.34.2"  # pulumi_kubernetes in requirements.lock: the plugin version it asks for
 

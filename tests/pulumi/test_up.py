@@ -44,7 +44,8 @@ from rollout.local.servers import PushgatewayServer
 from rollout.ports import ReleaseSpec, Target
 from rollout.telemetry import PrometheusTelemetry
 from tests.cluster.conftest import NotYet, remove_previous, wait_for
-from tests.pulumi.conftest import REPO, toolchain_script
+from tests.conftest import REPO
+from tests.pulumi.conftest import toolchain_script
 
 STACKS = ("staging", "prod")
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
