@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
-import secrets
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -14,24 +12,26 @@ import psycopg
 from fastapi import Depends, FastAPI, Path, Request, Response, params
 from fastapi import Query as Param
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException
 
 from app import context, health, queries
+from app.auth import ADMIN, Access, forbidden
 from app.cache import (
     ADMIN_STATS_KEY,
     ADMIN_TAG,
+    PATTERN,
     PLANS_KEY,
     PLANS_TAG,
     USERS_LIST_TAG,
     CacheClass,
-    check_pattern,
     dashboard_key,
     user_tag,
     users_list_key,
 )
 from app.db import Query
-from app.errors import CacheUnavailable, FaultInjected
+from app.errors import CacheUnavailable, ErrorBody, FaultInjected
+from app.gate import guard, principal_of
 from app.runtime import Runtime
 from app.settings import Faults
 
@@ -41,65 +41,74 @@ MAX_PER_PAGE = 100
 MAX_BODY_BYTES = 16 * 1024
 JSON = "application/json"
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="The user's numeric id")]
-_EMAIL = re.compile(r"^[a-z0-9._%+-]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
-_NAME_PUNCTUATION = frozenset(" .'’-")
+
+# The input rules are regular expressions, declared as such in the OpenAPI document and applied
+# as they are declared (Python's ``re``: \w is Unicode), so the document and the service accept
+# the same strings. ``(?![\s\S])`` ends the string (``$`` would let a trailing newline through).
+END = r"(?![\s\S])"
+NAME_PATTERN = r"^[^\W\d_](?:[^\W_]|[.'’]|-(?!-)| (?! ))*(?<! )" + END
+"""A letter first; then letters, digits and . ' ’ - and single spaces; no "--", no trailing
+space: ``Zoë O'Neil-Smith`` is a name, ``Robert'); DROP TABLE users;--`` is not."""
+EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+" + END
+FLUSH_PATTERN = PATTERN.pattern
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    """Optional fields that may not be null: no ``default: null`` in the document, and at least
+    one field."""
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+    schema["minProperties"] = 1
 
 
 class UserUpdate(BaseModel):
-    """PATCH /api/users/{id}: any of name, email, status; nothing else."""
+    """PATCH /api/users/{id}: one or more of name, email, status; nothing else, never null.
+    Changing ``status`` needs the admin scope."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, regex_engine="python-re", json_schema_extra=_no_defaults
+    )
 
-    name: str | None = None
-    email: str | None = None
-    status: Literal["active", "pending", "suspended", "deleted"] | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = " ".join(value.split())
-        if not 1 <= len(value) <= 200:
-            raise ValueError("must be 1-200 characters")
-        if (
-            not value[0].isalpha()
-            or "--" in value
-            or any(not (c.isalnum() or c in _NAME_PUNCTUATION) for c in value)
-        ):
-            raise ValueError(
-                "may only contain letters, digits, spaces and . ' - and must start with a letter"
-            )
-        return value
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_PATTERN)] = None  # type: ignore[assignment]
+    email: Annotated[
+        str,
+        Field(
+            min_length=3,
+            max_length=254,
+            pattern=EMAIL_PATTERN,
+            description="Stored in lower case; must not belong to another user",
+        ),
+    ] = None  # type: ignore[assignment]
+    status: Literal["active", "pending", "suspended", "deleted"] = None  # type: ignore[assignment]
 
     @field_validator("email")
     @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip().lower()
-        if len(value) > 254 or not _EMAIL.match(value):
-            raise ValueError("is not an email address like name@example.com")
-        return value
+    def _email(cls, value: str) -> str:
+        return value.lower()
 
     @model_validator(mode="after")
     def _some_field(self) -> UserUpdate:
-        for name in self.model_fields_set:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null")
         if not self.model_fields_set:
             raise ValueError("nothing to update: send at least one of name, email, status")
         return self
 
 
 class FlushRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    pattern: str
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+    pattern: Annotated[
+        str,
+        Field(
+            pattern=FLUSH_PATTERN,
+            description="A key glob: letters, digits, ':', '_', '-', '*' and '?', e.g. user:*",
+        ),
+    ]
 
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, value: str) -> str:
-        return check_pattern(value)
+
+class HealthStatus(BaseModel):
+    """GET /api/health/advanced: the status for anyone; checks and figures with the admin scope."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["healthy", "degraded", "unhealthy"]
 
 
 class SentryRequest(BaseModel):
@@ -107,16 +116,36 @@ class SentryRequest(BaseModel):
     enabled: bool
 
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Error answers a route declares beside those of its access rule (app/openapi.py)."""
+    notes = {
+        404: "No such user",
+        409: "The email belongs to another user",
+        503: "The database (or, for a flush, Redis) is unavailable or timed out; try again",
+    }
+    return {c: {"model": ErrorBody, "description": notes.get(c, "")} for c in codes}
+
+
+ACCESS = {
+    "dashboard": Access.OWN_RECORD,
+    "get_user": Access.OWN_RECORD,
+    "activity": Access.OWN_RECORD,
+    "update_user": Access.OWN_RECORD,
+    "plans": Access.MEMBER,
+    "list_users": Access.ADMIN,
+    "admin_stats": Access.ADMIN,
+    "flush": Access.ADMIN,
+    "sentry": Access.ADMIN,
+    "liveness": Access.PUBLIC,
+    "readiness": Access.OPTIONAL,
+    "metrics": Access.METRICS,
+}
+"""Who may call each route, by endpoint name (see app/SECURITY.md)."""
+MAX_BODY = {"update_user": MAX_BODY_BYTES, "flush": MAX_BODY_BYTES, "sentry": MAX_BODY_BYTES}
+
+
 def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
-
-
-async def body_limit(request: Request) -> None:
-    """Refuse bodies over MAX_BODY_BYTES (no route of this API takes more): a dependency of
-    the routes that read a body."""
-    length = request.headers.get("content-length", "0")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"the body may be at most {MAX_BODY_BYTES} bytes")
 
 
 def add_routes(app: FastAPI, rt: Runtime) -> None:
@@ -128,6 +157,7 @@ def add_routes(app: FastAPI, rt: Runtime) -> None:
     _update_route(app, rt, faults)
     _operations_routes(app, rt)
     _probe_routes(app, rt)
+    guard(app.router.routes, rt.auth, ACCESS, MAX_BODY)
 
 
 def _fault_switch(faults: Faults) -> list[params.Depends]:
@@ -182,6 +212,7 @@ def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
         tags=tags,
         dependencies=deps,
         summary="User, profile, active subscriptions and unexpired tokens, in one query",
+        responses=_errors(404, 503),
     )
     async def dashboard(user_id: UserId) -> Response:
         if faults.db_sleep_ms:
@@ -201,7 +232,13 @@ def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
             raise _not_found(user_id)
         return _json(body)
 
-    @app.get("/api/users", tags=tags, dependencies=deps, summary="A page of users, by id")
+    @app.get(
+        "/api/users",
+        tags=tags,
+        dependencies=deps,
+        summary="A page of users, by id (admin)",
+        responses=_errors(503),
+    )
     async def list_users(
         page: Annotated[int, Param(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20,
@@ -218,7 +255,13 @@ def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
         assert body is not None
         return _json(body)
 
-    @app.get("/api/users/{user_id}", tags=tags, dependencies=deps, summary="One user")
+    @app.get(
+        "/api/users/{user_id}",
+        tags=tags,
+        dependencies=deps,
+        summary="One user",
+        responses=_errors(404, 503),
+    )
     async def get_user(user_id: UserId) -> Response:
         row = await db.run(queries.USER, (user_id,))
         if not row:
@@ -230,6 +273,7 @@ def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
         tags=tags,
         dependencies=deps,
         summary="The user's latest activity",
+        responses=_errors(404, 503),
     )
     async def activity(
         user_id: UserId, limit: Annotated[int, Param(ge=1, le=MAX_PER_PAGE)] = 20
@@ -243,7 +287,13 @@ def _user_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
 def _catalogue_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None:
     tags = BUSINESS
 
-    @app.get("/api/plans", tags=tags, dependencies=deps, summary="The plan catalogue")
+    @app.get(
+        "/api/plans",
+        tags=tags,
+        dependencies=deps,
+        summary="The plan catalogue",
+        responses=_errors(503),
+    )
     async def plans() -> Response:
         body = await _cached(rt, PLANS_KEY, "long", queries.PLANS, None, (PLANS_TAG,))
         assert body is not None
@@ -253,7 +303,8 @@ def _catalogue_routes(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> 
         "/api/admin/stats",
         tags=tags,
         dependencies=deps,
-        summary="Aggregates over users, subscriptions, tokens, activity",
+        summary="Aggregates over users, subscriptions, tokens, activity (admin)",
+        responses=_errors(503),
     )
     async def admin_stats() -> Response:
         body = await _cached(rt, ADMIN_STATS_KEY, "medium", queries.ADMIN_STATS, None, (ADMIN_TAG,))
@@ -267,10 +318,15 @@ def _update_route(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None
     @app.patch(
         "/api/users/{user_id}",
         tags=tags,
-        dependencies=[*deps, Depends(body_limit)],
-        summary="Change name, email or status; invalidates the user's cache entries",
+        dependencies=deps,
+        summary="Change name, email or status (status: admin); invalidates the user's cache",
+        responses=_errors(404, 409, 503),
     )
-    async def update_user(user_id: UserId, update: UserUpdate) -> Response:
+    async def update_user(request: Request, user_id: UserId, update: UserUpdate) -> Response:
+        if update.status is not None:
+            caller = principal_of(request.scope)
+            if caller is None or not caller.admin:
+                raise forbidden("changing a user's status needs the admin scope", ADMIN)
         fields = sorted(update.model_fields_set)
         params = {
             "id": user_id,
@@ -290,26 +346,16 @@ def _update_route(app: FastAPI, rt: Runtime, deps: list[params.Depends]) -> None
 
 
 def _operations_routes(app: FastAPI, rt: Runtime) -> None:
-    """Guarded by PORTAL_ADMIN_TOKEN, never subject to faults (the runbooks use them during
-    incidents and drills)."""
-    settings, cache = rt.settings, rt.cache
+    """Admin scope only; never subject to faults (the runbooks use them during incidents and
+    drills)."""
+    cache = rt.cache
     tags: list[str | Enum] = ["operations"]
-
-    def require_admin(request: Request) -> None:
-        token = settings.admin_token
-        if token is None:
-            raise HTTPException(404, "admin operations are disabled: PORTAL_ADMIN_TOKEN is not set")
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(403, "send the admin token as `Authorization: Bearer <token>`")
-
-    guarded = [Depends(body_limit), Depends(require_admin)]
 
     @app.post(
         "/api/admin/cache/flush",
         tags=tags,
-        dependencies=guarded,
         summary='Delete cache keys matching a glob, e.g. {"pattern": "user:*"}',
+        responses=_errors(503),
     )
     async def flush(body: FlushRequest) -> JSONResponse:
         try:
@@ -323,7 +369,6 @@ def _operations_routes(app: FastAPI, rt: Runtime) -> None:
     @app.post(
         "/api/admin/sentry",
         tags=tags,
-        dependencies=guarded,
         summary="Switch Sentry error reporting on or off at runtime",
     )
     async def sentry(body: SentryRequest) -> JSONResponse:
@@ -342,10 +387,17 @@ def _probe_routes(app: FastAPI, rt: Runtime) -> None:
     @app.get(
         "/api/health/advanced",
         tags=tags,
-        summary="Readiness: database, cache and memory checks; 503 when unhealthy",
+        summary="Readiness: healthy, degraded (200) or unhealthy (503); details: admin scope",
+        responses={
+            200: {"model": HealthStatus, "description": "Healthy or degraded"},
+            503: {"model": HealthStatus, "description": "Unhealthy: the database is unreachable"},
+        },
     )
-    async def readiness() -> JSONResponse:
+    async def readiness(request: Request) -> JSONResponse:
         status, body = await health.advanced(db, cache, rt.stats, settings.version, settings.track)
+        caller = principal_of(request.scope)
+        if caller is None or not caller.admin:
+            body = {"status": body["status"]}
         return JSONResponse(body, status_code=status)
 
     @app.get("/metrics", tags=tags, summary="Prometheus metrics", include_in_schema=False)

@@ -41,7 +41,9 @@ log = logging.getLogger("app.cache")
 CacheClass = Literal["short", "medium", "long"]
 ALL_TAG = "__all__"
 TAG_PREFIX = "tag:"
-PATTERN = re.compile(r"^[A-Za-z0-9:_\-*?]{1,200}$")
+# A flush pattern. The negative look-ahead ends the string in Python and in JSON Schema alike
+# (``$`` would also let a trailing newline through in Python).
+PATTERN = re.compile(r"^[A-Za-z0-9:_\-*?]{1,200}(?![\s\S])")
 _MAX_PENDING_TAGS = 10_000
 
 

@@ -1,4 +1,4 @@
-"""``python -m app serve | migrate | seed | analyze`` (also the container's entrypoint).
+"""``python -m app serve | migrate | seed | analyze | token`` (also the container's entrypoint).
 
 Exit status: 0 success, 1 the work failed (one line on stderr saying why), 2 bad usage or a bad
 setting (one line naming the variable).
@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from app.settings import Settings, SettingsError
 
@@ -71,10 +73,94 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--users", type=_positive, default=10_000)
     seed.add_argument("--seed", type=int, default=42)
 
+    _token_parser(sub)
+
     analyze = sub.add_parser("analyze", help="database performance report")
     analyze.add_argument("--json", action="store_true")
     analyze.add_argument("--limit", type=_positive, default=10, help="slowest statements to list")
     return p
+
+
+def _token_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    token = sub.add_parser("token", help="mint API tokens; create and rotate their keys")
+    actions = token.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    keys_help = "the key set (JWK Set JSON); default $PORTAL_AUTH_KEYS_FILE"
+
+    mint = actions.add_parser("mint", help="print a token signed with the key set's first key")
+    who = mint.add_mutually_exclusive_group(required=True)
+    who.add_argument(
+        "--user",
+        action="append",
+        metavar="ID",
+        help="the user the token speaks for; repeat or give a range (1-2000) for several",
+    )
+    who.add_argument("--service", metavar="NAME", help="an operator or program (sub svc:NAME)")
+    mint.add_argument(
+        "--scope", action="append", default=[], choices=("admin", "metrics"), help="repeatable"
+    )
+    mint.add_argument("--ttl", default="1h", help="lifetime: 3600, 30m, 12h, 7d (default 1h)")
+    mint.add_argument("--keys-file", type=Path, help=keys_help)
+    mint.add_argument(
+        "--json", action="store_true", help='print {"tokens": [{"sub", "token"}], "expiresAt"}'
+    )
+
+    keygen = actions.add_parser(
+        "keygen", help="add a new key first in the set (it signs from now on); create the file"
+    )
+    keygen.add_argument("--kid", help="the new key's id (default: today's date and 6 hex digits)")
+    keygen.add_argument("--keys-file", type=Path, help=keys_help)
+
+    retire = actions.add_parser("retire", help="remove a key: the tokens it signed stop working")
+    retire.add_argument("--kid", required=True)
+    retire.add_argument("--keys-file", type=Path, help=keys_help)
+
+    actions.add_parser("keys", help="list the key ids (the first signs)").add_argument(
+        "--keys-file", type=Path, help=keys_help
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    from app import auth
+
+    path = args.keys_file or (
+        Path(os.environ["PORTAL_AUTH_KEYS_FILE"])
+        if os.environ.get("PORTAL_AUTH_KEYS_FILE")
+        else None
+    )
+    if path is None:
+        return _fail("token: give --keys-file or set PORTAL_AUTH_KEYS_FILE", 2)
+    try:
+        if args.action == "keygen":
+            keys = auth.KeySet.read(path) if path.exists() else auth.KeySet(())
+            keys = keys.with_new_key(args.kid)
+            auth.write_key_file(path, keys)
+            print(keys.signing_kid)
+            return 0
+        keys = auth.KeySet.read(path)
+        if args.action == "keys":
+            print(keys.describe())
+            return 0
+        if args.action == "retire":
+            keys = keys.without(args.kid)
+            auth.write_key_file(path, keys)
+            print(keys.describe())
+            return 0
+        ttl = auth.parse_ttl(args.ttl)
+        subjects = (
+            [auth.subject_for(user_id=u) for u in auth.parse_user_ids(args.user)]
+            if args.user
+            else [auth.subject_for(service=args.service)]
+        )
+    except (auth.KeyFileError, ValueError) as exc:
+        return _fail(f"token {args.action}: {exc}", 2)
+    now = int(time.time())
+    tokens = [(sub, auth.mint(keys, sub, args.scope, ttl, now=now)) for sub in subjects]
+    if args.json:
+        doc = {"tokens": [{"sub": s, "token": t} for s, t in tokens], "expiresAt": now + ttl}
+        print(json.dumps(doc))
+    else:
+        print("\n".join(t for _, t in tokens))
+    return 0
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -84,12 +170,21 @@ def _fail(message: str, code: int = 1) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
         return _fail(str(exc), 2)
 
     if args.command == "serve":
+        from app.auth import KeyFileError
+        from app.main import authenticator
+
+        try:
+            authenticator(settings)  # the key files, checked before uvicorn starts
+        except KeyFileError as exc:
+            return _fail(str(exc), 2)
         return _serve(settings, args.host, args.port, max(1, args.workers))
 
     from app.migrate import MigrationError

@@ -44,6 +44,20 @@ class DatabaseUnavailable(RuntimeError):
     """Postgres cannot be reached (down, restarting, pool exhausted); answered with HTTP 503."""
 
 
+class DatabaseTimeout(DatabaseUnavailable):
+    """A statement ran past ``statement_timeout`` or waited past ``lock_timeout`` and Postgres
+    cancelled it; the connection stays usable. Answered with HTTP 503."""
+
+
+def session_options(settings: Settings) -> str:
+    """The ``options`` of every connection the service opens: its statement and lock timeouts,
+    set once at connect time (no statement per request)."""
+    return (
+        f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        f" -c lock_timeout={settings.db_lock_timeout_ms}"
+    )
+
+
 class Database:
     def __init__(
         self, settings: Settings, metrics: Metrics, tracer_provider: Any | None = None
@@ -73,6 +87,7 @@ class Database:
                 "autocommit": True,
                 "connect_timeout": 2,
                 "application_name": f"portal-{settings.track}-{settings.version}"[:63],
+                "options": session_options(settings),
             },
         )
 
@@ -109,6 +124,15 @@ class Database:
         except PoolTimeout as exc:
             self.suspect = True
             raise DatabaseUnavailable(f"no database connection within {wait:g}s") from exc
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            # statement_timeout or lock_timeout: the server is fine, this statement was not.
+            log.warning(
+                "statement %s cancelled by the database%s: %s",
+                query.name,
+                f" in {ctx.method} {ctx.path}" if ctx is not None else "",
+                _first_line(exc),
+            )
+            raise DatabaseTimeout(f"{query.name}: {_first_line(exc)}") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.suspect = True
             self._schedule_pool_check()
@@ -159,7 +183,10 @@ class Database:
             except PoolTimeout:
                 pass
             conn = await psycopg.AsyncConnection.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=2
+                self.settings.database_url,
+                autocommit=True,
+                connect_timeout=2,
+                options=session_options(self.settings),
             )
             try:
                 await conn.execute("SELECT 1")

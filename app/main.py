@@ -5,6 +5,7 @@ app built from the environment, created on first access (what uvicorn imports).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app import errors, telemetry
+from app import errors, openapi, telemetry
 from app.api import add_routes
+from app.auth import RELOAD_S, Authenticator
 from app.cache import Cache
 from app.db import Database
+from app.gate import GuardedRoute
 from app.health import RequestStats
 from app.metrics import Metrics
 from app.middleware import PortalMiddleware
@@ -41,6 +44,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
         stats=RequestStats(),
         sentry=telemetry.SentrySwitch(settings),
         tracer_provider=provider,
+        auth=authenticator(settings),
     )
 
     @asynccontextmanager
@@ -55,9 +59,13 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
         )
         if settings.faults.active:
             log.warning("FAULT SWITCH ON (drills only): %s", settings.faults.describe())
+        if not settings.auth_enabled:
+            log.warning("PORTAL_AUTH=off (benchmarks only): every caller is treated as an admin")
+        watcher = asyncio.create_task(_watch_keys(runtime.auth))
         try:
             yield
         finally:
+            watcher.cancel()
             await runtime.cache.close()
             await runtime.db.close()
             if own_provider and provider is not None:
@@ -67,21 +75,43 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
         title="portal",
         version=settings.version,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url="/docs" if settings.api_docs else None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url="/openapi.json" if settings.api_docs else None,
         telemetry=telemetry.fastapi_telemetry(provider),
     )
+    app.router.route_class = GuardedRoute
     if provider is not None:
         app.head_sampler = telemetry.HeadSampler(settings.trace_sample_ratio)
     app.state.runtime = runtime
     errors.install(app, runtime)
     add_routes(app, runtime)
+    openapi.install(app)
     if settings.instrumentation:
         app.add_middleware(PortalMiddleware, runtime=runtime)
     else:
         log.warning("PORTAL_INSTRUMENTATION=off: no metrics, statistics or X- headers")
     return app
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    """The service's authenticator with its key files read; ``KeyFileError`` (one line naming
+    the file) when one is missing or wrong."""
+    auth = Authenticator(
+        settings.auth_keys_file, settings.metrics_token_file, enabled=settings.auth_enabled
+    )
+    auth.load()
+    return auth
+
+
+async def _watch_keys(auth: Authenticator) -> None:
+    """Read the key files again when they change (a rotated Secret reaches the pod so)."""
+    while True:
+        await asyncio.sleep(RELOAD_S)
+        try:
+            auth.reload_if_changed()
+        except Exception:  # never let the watcher die: the keys in use stay
+            log.exception("checking the auth key files failed")
 
 
 def configure_logging(level: str = "INFO") -> None:

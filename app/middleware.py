@@ -17,11 +17,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context
+from app.errors import request_id
 from app.runtime import Runtime
 
 log = logging.getLogger("app.http")
 
-_INTERNAL_ERROR = json.dumps({"error": "internal error", "detail": "the error was logged"}).encode()
+_INTERNAL_ERROR = {"error": "internal error", "detail": "the error was logged"}
 
 
 class PortalMiddleware:
@@ -61,20 +62,23 @@ class PortalMiddleware:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
             status = 500
-            log.exception("unhandled error in %s %s", method, scope["path"])
+            rid = request_id(scope)
+            log.exception("unhandled error in %s %s [request %s]", method, scope["path"], rid)
             self.runtime.sentry.capture(exc)
             if not started:
+                body = json.dumps({**_INTERNAL_ERROR, "requestId": rid}).encode()
                 await send_with_headers(
                     {
                         "type": "http.response.start",
                         "status": 500,
                         "headers": [
                             (b"content-type", b"application/json"),
-                            (b"content-length", b"%d" % len(_INTERNAL_ERROR)),
+                            (b"content-length", b"%d" % len(body)),
+                            (b"x-request-id", rid.encode()),
                         ],
                     }
                 )
-                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                await send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.inflight -= 1

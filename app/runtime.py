@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from app.auth import Authenticator
 from app.cache import Cache
 from app.db import Database
 from app.health import RequestStats
@@ -27,3 +28,4 @@ class Runtime:
     stats: RequestStats
     sentry: SentrySwitch
     tracer_provider: Any | None
+    auth: Authenticator

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -18,6 +19,14 @@ Track = Literal["stable", "canary"]
 
 _LABEL_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_REPLACED = {
+    "OTEL_TRACES_SAMPLER": "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead",
+    "OTEL_TRACES_SAMPLER_ARG": "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead",
+    "PORTAL_ADMIN_TOKEN": (
+        "admin operations take a token with the admin scope "
+        "(python -m app token mint --service NAME --scope admin)"
+    ),
+}
 
 
 class SettingsError(ValueError):
@@ -80,8 +89,20 @@ class Settings:
     """After a Redis failure, how long the memory fallback serves before Redis is tried again."""
     n_plus_one_threshold: int = 5
     """The same statement run this many times in one request is logged as a suspected N+1."""
+    db_statement_timeout_ms: int = 5000
+    """``statement_timeout`` of the service's connections (0: none); a longer statement is
+    cancelled and its request answered 503."""
+    db_lock_timeout_ms: int = 1000
+    """``lock_timeout`` of the service's connections (0: none)."""
     faults: Faults = Faults()
-    admin_token: str | None = None
+    auth_enabled: bool = True
+    """Off only to measure what authentication costs (benchmarks): every caller is an admin."""
+    auth_keys_file: Path | None = None
+    """The JWK Set whose keys sign and verify the API's bearer tokens."""
+    metrics_token_file: Path | None = None
+    """The scraper's opaque token for ``/metrics``."""
+    api_docs: bool = False
+    """Serve ``/docs`` and ``/openapi.json``."""
     sentry_dsn: str | None = None
     otel_endpoint: str | None = None
     otel_service_name: str = "portal"
@@ -97,17 +118,16 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], *, require_database: bool = True) -> Settings:
         """Read and validate every setting; raise ``SettingsError`` on the first bad one."""
         r = _Reader(env)
-        for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+        for name, instead in _REPLACED.items():
             if r.raw(name) is not None:
                 raise SettingsError(
-                    name,
-                    "not used by this service (it would be ignored); set "
-                    "PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead",
+                    name, f"not used by this service (it would be ignored); {instead}"
                 )
         database_url = r.url(
             "PORTAL_DATABASE_URL",
             ("postgresql", "postgres"),
             "postgresql://user[:password]@host:port/database",
+            secret=True,
         )
         if database_url is None:
             if require_database:
@@ -127,7 +147,10 @@ class Settings:
         return cls(
             database_url=database_url,
             redis_url=r.url(
-                "PORTAL_REDIS_URL", ("redis", "rediss", "unix"), "redis://[:password@]host:port/db"
+                "PORTAL_REDIS_URL",
+                ("redis", "rediss", "unix"),
+                "redis://[:password@]host:port/db",
+                secret=True,
             ),
             version=r.label("PORTAL_VERSION", "dev"),
             track="canary" if track == "canary" else "stable",
@@ -141,9 +164,16 @@ class Settings:
             redis_timeout_ms=r.integer("PORTAL_REDIS_TIMEOUT_MS", 500, 10, 60_000),
             redis_retry_s=r.integer("PORTAL_REDIS_RETRY_MS", 2000, 10, 600_000) / 1000,
             n_plus_one_threshold=r.integer("PORTAL_N_PLUS_ONE_THRESHOLD", 5, 2, 10_000),
+            db_statement_timeout_ms=r.integer("PORTAL_DB_STATEMENT_TIMEOUT_MS", 5000, 0, 3_600_000),
+            db_lock_timeout_ms=r.integer("PORTAL_DB_LOCK_TIMEOUT_MS", 1000, 0, 3_600_000),
             faults=faults,
-            admin_token=r.token("PORTAL_ADMIN_TOKEN"),
-            sentry_dsn=r.url("SENTRY_DSN", ("http", "https"), "https://key@host/project-id"),
+            auth_enabled=r.choice("PORTAL_AUTH", "on", ("on", "off")) == "on",
+            auth_keys_file=r.path("PORTAL_AUTH_KEYS_FILE"),
+            metrics_token_file=r.path("PORTAL_METRICS_TOKEN_FILE"),
+            api_docs=r.choice("PORTAL_API_DOCS", "off", ("on", "off")) == "on",
+            sentry_dsn=r.url(
+                "SENTRY_DSN", ("http", "https"), "https://key@host/project-id", secret=True
+            ),
             otel_endpoint=r.url(
                 "OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https"), "http://collector:4318"
             ),
@@ -171,6 +201,34 @@ class _Reader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def secret(self, name: str) -> str | None:
+        """A secret given as ``NAME=value`` or as a file, ``NAME_FILE=/path`` (a mounted
+        Secret); not both."""
+        file = self.raw(f"{name}_FILE")
+        if file is None:
+            return self.raw(name)
+        if self.raw(name) is not None:
+            raise SettingsError(f"{name}_FILE", f"set {name} or {name}_FILE, not both")
+        try:
+            value = Path(file).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"{name}_FILE", f"{file}: cannot be read ({exc.strerror or exc})"
+            ) from None
+        if not value:
+            raise SettingsError(f"{name}_FILE", f"{file} is empty")
+        return value
+
+    def path(self, name: str) -> Path | None:
+        """A file the service reads (its content is checked where it is used)."""
+        raw = self.raw(name)
+        if raw is None:
+            return None
+        path = Path(raw)
+        if not path.is_file():
+            raise SettingsError(name, f"{raw}: no such file")
+        return path
 
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
         raw = self.raw(name)
@@ -219,8 +277,10 @@ class _Reader:
             )
         return raw
 
-    def url(self, name: str, schemes: tuple[str, ...], example: str) -> str | None:
-        raw = self.raw(name)
+    def url(
+        self, name: str, schemes: tuple[str, ...], example: str, *, secret: bool = False
+    ) -> str | None:
+        raw = self.secret(name) if secret else self.raw(name)
         if raw is None:
             return None
         try:
@@ -230,14 +290,6 @@ class _Reader:
             raise SettingsError(name, f"{_redact(raw)!r} is not a URL like {example}") from None
         if parts.scheme not in schemes or (parts.scheme != "unix" and not parts.hostname):
             raise SettingsError(name, f"{_redact(raw)!r} is not a URL like {example}")
-        return raw
-
-    def token(self, name: str) -> str | None:
-        raw = self.raw(name)
-        if raw is None:
-            return None
-        if len(raw) < 8 or any(c.isspace() for c in raw):
-            raise SettingsError(name, "must be at least 8 characters without spaces")
         return raw
 
 

@@ -7,11 +7,14 @@ A seeded template database is built once per session; each test gets a fresh cop
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +26,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.auth import KeySet, mint, subject_for, write_key_file
 from app.main import create_app
 from app.migrate import Runner
 from app.seed import Seeder
@@ -32,6 +36,35 @@ from rollout.local.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_USERS = 300
+
+_KEYS_DIR = Path(tempfile.mkdtemp(prefix="portal-test-keys-"))
+KEYS_FILE = _KEYS_DIR / "keys.json"
+"""The key set every service of the tests verifies tokens with."""
+KEYS = KeySet(()).with_new_key("test-1")
+write_key_file(KEYS_FILE, KEYS)
+atexit.register(shutil.rmtree, _KEYS_DIR, True)
+
+
+def token(
+    user: int | None = None,
+    *,
+    service: str | None = None,
+    scopes: tuple[str, ...] = (),
+    ttl: int = 3600,
+    keys: KeySet = KEYS,
+) -> str:
+    """A token the test services accept: for a user, or for a service (``svc:NAME``)."""
+    if user is None and service is None:
+        service = "tests"
+    return mint(keys, subject_for(user, service), scopes, ttl)
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+ADMIN = bearer(token(service="tests-admin", scopes=("admin",), ttl=86_400))
+"""Headers of an operator with the admin scope."""
 
 
 @pytest.fixture
@@ -79,7 +112,12 @@ def portal_dsn(pg_server: PostgresServer, seeded_template: str) -> Iterator[str]
 
 def settings_for(dsn: str, redis_url: str | None = None, **env: str) -> Settings:
     """Settings as the service reads them from its environment."""
-    values = {"PORTAL_DATABASE_URL": dsn, "PORTAL_VERSION": "1.2.3", "PORTAL_TRACK": "canary"}
+    values = {
+        "PORTAL_DATABASE_URL": dsn,
+        "PORTAL_VERSION": "1.2.3",
+        "PORTAL_TRACK": "canary",
+        "PORTAL_AUTH_KEYS_FILE": str(KEYS_FILE),
+    }
     if redis_url:
         values["PORTAL_REDIS_URL"] = redis_url
     values.update(env)
@@ -87,13 +125,16 @@ def settings_for(dsn: str, redis_url: str | None = None, **env: str) -> Settings
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in this process (lifespan included) and an HTTP client speaking ASGI to it."""
+async def running_app(
+    settings: Settings, *, headers: dict[str, str] | None = ADMIN, **kwargs: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in this process (lifespan included) and an HTTP client speaking ASGI to it,
+    sending ``headers`` (an admin's token unless told otherwise) with every request."""
     app = create_app(settings, **kwargs)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://portal", timeout=30
+            transport=transport, base_url="http://portal", timeout=30, headers=headers
         ) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
@@ -171,7 +212,7 @@ def serve_app(tmp_path: Path) -> Iterator[Callable[..., ServedApp]]:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=REPO,
-                env={**base, **env},
+                env={**base, "PORTAL_AUTH_KEYS_FILE": str(KEYS_FILE), **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -122,7 +122,12 @@ async def test_an_unknown_user_is_a_404_with_a_json_error(portal_dsn, path):
     async with running_app(settings_for(portal_dsn)) as client:
         r = await client.get(path)
     assert r.status_code == 404
-    assert r.json() == {"error": "not found", "detail": "user 999999 does not exist"}
+    body = r.json()
+    assert body == {
+        "error": "not found",
+        "detail": "user 999999 does not exist",
+        "requestId": r.headers["x-request-id"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -243,7 +248,7 @@ async def test_bad_update_input_is_a_4xx_json_error_and_changes_no_row(
         r = await client.patch("/api/users/6", content=body, headers={"content-type": content_type})
     assert r.status_code == status, r.text
     payload = r.json()
-    assert set(payload) == {"error", "detail"}
+    assert set(payload) == {"error", "detail", "requestId"}
     assert user_row(portal_dsn, 6) == before, "a rejected update must not change the row"
     assert sql_one(portal_dsn, "SELECT count(*) FROM activity_log") == count
     assert sql_one(portal_dsn, "SELECT count(*) FROM users") == SEED_USERS

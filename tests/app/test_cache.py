@@ -11,9 +11,10 @@ import anyio
 import pytest
 import redis
 
+from app.auth import KeySet
 from app.cache import Cache, MemoryStore
 from app.metrics import Metrics
-from tests.app.conftest import running_app, settings_for
+from tests.app.conftest import ADMIN, bearer, running_app, settings_for, token
 
 pytestmark = pytest.mark.anyio
 
@@ -193,25 +194,21 @@ async def test_concurrent_misses_of_one_key_compute_once(redis_url):
     assert calls == 1 and all(v == b"[]" for v, _ in results)
 
 
-ADMIN = {"PORTAL_ADMIN_TOKEN": "s3cret-admin-token"}
-AUTH = {"Authorization": "Bearer s3cret-admin-token"}
-
-
 async def test_admin_flush_deletes_matching_keys_in_redis_and_memory(portal_dsn, redis_url):
-    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
         for uid in (1, 2, 3):
             await client.get(f"/api/users/{uid}/dashboard")
         await client.get("/api/users")
-        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:*"}, headers=AUTH)
+        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:*"})
         assert r.status_code == 200, r.text
         assert r.json()["deleted"] == 3
         assert redis.Redis.from_url(redis_url).exists("users:list:1:20") == 1
         assert (await client.get("/api/users/1/dashboard")).headers["x-cache-hit"] == "false"
         assert (await client.get("/api/users")).headers["x-cache-hit"] == "true"
 
-    async with running_app(settings_for(portal_dsn, None, **ADMIN)) as client:
+    async with running_app(settings_for(portal_dsn, None)) as client:
         await client.get("/api/users/1/dashboard")
-        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:1:*"}, headers=AUTH)
+        r = await client.post("/api/admin/cache/flush", json={"pattern": "user:1:*"})
         assert r.json()["deleted"] == 1 and r.json()["backend"] == "memory"
 
 
@@ -229,22 +226,31 @@ async def test_admin_flush_deletes_matching_keys_in_redis_and_memory(portal_dsn,
     ],
 )
 async def test_admin_flush_refuses_a_bad_pattern(portal_dsn, redis_url, body):
-    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
+    async with running_app(settings_for(portal_dsn, redis_url)) as client:
         await client.get("/api/users/1/dashboard")
-        r = await client.post("/api/admin/cache/flush", json=body, headers=AUTH)
+        r = await client.post("/api/admin/cache/flush", json=body)
     assert r.status_code == 422 and r.json()["error"] == "invalid request"
     assert redis.Redis.from_url(redis_url).exists("user:1:dashboard") == 1
 
 
-async def test_admin_operations_need_the_token(portal_dsn, redis_url):
-    async with running_app(settings_for(portal_dsn, redis_url)) as client:
-        off = await client.post("/api/admin/cache/flush", json={"pattern": "*"}, headers=AUTH)
-        assert off.status_code == 404 and "PORTAL_ADMIN_TOKEN" in off.json()["detail"]
-    async with running_app(settings_for(portal_dsn, redis_url, **ADMIN)) as client:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+async def test_admin_operations_need_the_admin_scope(portal_dsn, redis_url):
+    async with running_app(settings_for(portal_dsn, redis_url), headers=None) as client:
+        await client.get("/api/users/1/dashboard", headers=ADMIN)
+        cases = (
+            ({}, 401),
+            (bearer("not-a-token"), 401),
+            ({"Authorization": token(service="x", scopes=("admin",))}, 401),
+            (bearer(token(service="x", scopes=("admin",), keys=KeySet(()).with_new_key())), 401),
+            (bearer(token(1)), 403),
+            (bearer(token(service="scraper", scopes=("metrics",))), 403),
+        )
+        for headers, status in cases:
             r = await client.post("/api/admin/cache/flush", json={"pattern": "*"}, headers=headers)
-            assert r.status_code == 403 and r.json()["error"] == "forbidden"
-        r = await client.post("/api/admin/sentry", json={"enabled": False}, headers=AUTH)
+            assert r.status_code == status, (headers, r.text)
+            assert r.json()["error"] == ("unauthorized" if status == 401 else "forbidden")
+            assert r.headers["www-authenticate"].startswith('Bearer realm="portal"')
+        assert redis.Redis.from_url(redis_url).exists("user:1:dashboard") == 1
+        r = await client.post("/api/admin/sentry", json={"enabled": False}, headers=ADMIN)
         assert r.status_code == 200
         assert r.json() == {"configured": False, "enabled": False}
 

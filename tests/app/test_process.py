@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from rollout.local.processes import free_port
-from tests.app.conftest import migrate, run_cli, sql_one, wait_for
+from tests.app.conftest import ADMIN, bearer, migrate, run_cli, sql_one, token, wait_for
 
 
 def get(
@@ -96,14 +96,14 @@ def test_serve_runs_the_service_the_way_the_release_engine_does(serve_app, porta
             "PORTAL_TRACK": "canary",
         }
     )
-    status, headers, body = get(f"{app.url}/api/users/4/dashboard")
+    status, headers, body = get(f"{app.url}/api/users/4/dashboard", headers=bearer(token(4)))
     assert status == 200 and json.loads(body)["user"]["id"] == 4
     assert headers["x-query-count"] == "1" and "x-response-time-ms" in headers
-    status, _, body = get(f"{app.url}/api/health/advanced")
+    status, _, body = get(f"{app.url}/api/health/advanced", headers=ADMIN)
     health = json.loads(body)
     assert status == 200 and health["status"] == "healthy"
     assert health["checks"]["cache"]["backend"] == "redis"
-    _, _, metrics = get(f"{app.url}/metrics")
+    _, _, metrics = get(f"{app.url}/metrics", headers=ADMIN)
     assert (
         'http_requests_total{method="GET",route="/api/users/{user_id}/dashboard",'
         'status="200",track="canary",version="9.9.9"} 1.0'
@@ -122,9 +122,15 @@ def test_serve_starts_while_postgres_is_down_and_reports_unhealthy(serve_app):
     port = free_port()
     app = serve_app({"PORTAL_DATABASE_URL": f"postgresql://portal@127.0.0.1:{port}/portal"})
     status, _, body = get(f"{app.url}/api/health/advanced")
-    assert status == 503 and json.loads(body)["status"] == "unhealthy"
-    status, _, body = get(f"{app.url}/api/users")
-    assert status == 503 and json.loads(body)["error"] == "database unavailable"
+    assert status == 503 and json.loads(body) == {"status": "unhealthy"}, "no error text in public"
+    status, _, body = get(f"{app.url}/api/health/advanced", headers=ADMIN)
+    assert status == 503 and "refused" in json.loads(body)["checks"]["database"]["error"]
+    status, headers, body = get(f"{app.url}/api/users", headers=ADMIN)
+    answer = json.loads(body)
+    assert status == 503 and answer["error"] == "database unavailable"
+    assert "refused" not in body.decode() and str(port) not in body.decode(), "details: log only"
+    assert answer["requestId"] == headers["x-request-id"]
+    assert f"[request {answer['requestId']}]" in app.log_text(), "the log line carries the id"
 
 
 def test_sentry_gets_errors_only_while_switched_on(serve_app, portal_dsn, receiver):
@@ -133,24 +139,23 @@ def test_sentry_gets_errors_only_while_switched_on(serve_app, portal_dsn, receiv
             "PORTAL_DATABASE_URL": portal_dsn,
             "SENTRY_DSN": f"http://publickey@127.0.0.1:{receiver.port}/1",
             "PORTAL_FAULT_ERROR_RATE": "1",
-            "PORTAL_ADMIN_TOKEN": "runbook-token-123",
         }
     )
-    auth = {"Authorization": "Bearer runbook-token-123"}
+    auth = ADMIN
 
     def events() -> int:
         return sum(b"FaultInjected" in b for b in receiver.bodies("/api/1/envelope/"))
 
-    assert get(f"{app.url}/api/plans")[0] == 500
+    assert get(f"{app.url}/api/plans", headers=auth)[0] == 500
     wait_for(lambda: events() == 1, 10, "Sentry received the injected error")
 
     status, _, body = get(f"{app.url}/api/admin/sentry", "POST", {"enabled": False}, auth)
     assert status == 200 and json.loads(body) == {"configured": True, "enabled": False}
     for _ in range(3):
-        assert get(f"{app.url}/api/plans")[0] == 500
+        assert get(f"{app.url}/api/plans", headers=auth)[0] == 500
     status, _, body = get(f"{app.url}/api/admin/sentry", "POST", {"enabled": True}, auth)
     assert json.loads(body)["enabled"] is True
-    assert get(f"{app.url}/api/users")[0] == 500
+    assert get(f"{app.url}/api/users", headers=auth)[0] == 500
     # Events leave in order: had the three been sent, they would be here before this one.
     wait_for(lambda: events() == 2, 10, "Sentry received the error made after switching on")
     assert b"/api/users" in receiver.bodies("/api/1/envelope/")[-1]
@@ -166,7 +171,7 @@ def test_traces_are_exported_over_otlp_when_an_endpoint_is_set(serve_app, portal
             "OTEL_SERVICE_NAME": "portal-under-test",
         }
     )
-    assert get(f"{app.url}/api/users/2/dashboard")[0] == 200
+    assert get(f"{app.url}/api/users/2/dashboard", headers=ADMIN)[0] == 200
     assert app.stop() in (0, -15)  # shutting down flushes the batch of spans
     exported = receiver.bodies("/v1/traces")
     assert exported, "no OTLP export reached the collector"

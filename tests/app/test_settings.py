@@ -16,7 +16,10 @@ def test_only_the_database_url_is_needed_and_the_defaults_match_the_contract():
     assert (s.cache_ttl_short, s.cache_ttl_medium, s.cache_ttl_long) == (60, 300, 3600)
     assert (s.slow_query_ms, s.slow_request_ms, s.db_pool_size) == (200, 1000, 10)
     assert not s.faults.active, "the fault switch must be off by default"
-    assert s.admin_token is None and s.sentry_dsn is None and s.otel_endpoint is None
+    assert s.sentry_dsn is None and s.otel_endpoint is None
+    assert s.auth_enabled and s.auth_keys_file is None and s.metrics_token_file is None
+    assert not s.api_docs, "the API docs are off unless asked for"
+    assert (s.db_statement_timeout_ms, s.db_lock_timeout_ms) == (5000, 1000)
     assert s.otel_service_name == "portal"
     assert s.trace_sample_ratio == 1.0, "every request is traced unless told otherwise"
 
@@ -65,7 +68,14 @@ def test_latency_fault_delays_every_request_unless_a_rate_is_given():
         ("PORTAL_REDIS_URL", "http://127.0.0.1:6379", "is not a URL like redis://"),
         ("PORTAL_REDIS_URL", "redis://:pw@127.0.0.1:notaport/0", "is not a URL like redis://"),
         ("PORTAL_DATABASE_URL", "mysql://db/portal", "is not a URL like postgresql://"),
-        ("PORTAL_ADMIN_TOKEN", "short", "at least 8 characters"),
+        ("PORTAL_ADMIN_TOKEN", "long-enough-token", "take a token with the admin scope"),
+        ("PORTAL_AUTH", "no", "'no' is not one of on, off"),
+        ("PORTAL_AUTH_KEYS_FILE", "/nonexistent/keys.json", "/nonexistent/keys.json: no such file"),
+        ("PORTAL_METRICS_TOKEN_FILE", "/nonexistent/t", "/nonexistent/t: no such file"),
+        ("PORTAL_API_DOCS", "yes", "'yes' is not one of on, off"),
+        ("PORTAL_DB_STATEMENT_TIMEOUT_MS", "5s", "is not a whole number between 0 and 3600000"),
+        ("PORTAL_DB_LOCK_TIMEOUT_MS", "-1", "is not a whole number between 0 and 3600000"),
+        ("PORTAL_REDIS_URL_FILE", "/nonexistent/url", "/nonexistent/url: cannot be read"),
         ("SENTRY_DSN", "not a url", "is not a URL like https://"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "is not a URL like http://"),
         ("PORTAL_TRACE_SAMPLE_RATIO", "all", "'all' is not a number between 0 and 1"),
@@ -126,3 +136,44 @@ def test_a_bad_command_line_is_one_line_too():
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--port" in result.stderr
+
+
+def test_a_secret_can_be_a_file_but_not_both_a_file_and_a_value(tmp_path):
+    dsn = tmp_path / "dsn"
+    dsn.write_text(DB + "\n")
+    redis_url = tmp_path / "redis"
+    redis_url.write_text("redis://:pw@127.0.0.1:6379/0")
+    s = Settings.from_env(
+        {"PORTAL_DATABASE_URL_FILE": str(dsn), "PORTAL_REDIS_URL_FILE": str(redis_url)}
+    )
+    assert (s.database_url, s.redis_url) == (DB, "redis://:pw@127.0.0.1:6379/0")
+    with pytest.raises(SettingsError, match=r"^PORTAL_DATABASE_URL_FILE: set PORTAL_DATABASE_URL"):
+        Settings.from_env({"PORTAL_DATABASE_URL_FILE": str(dsn), "PORTAL_DATABASE_URL": DB})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SettingsError, match="is empty"):
+        Settings.from_env({"PORTAL_DATABASE_URL_FILE": str(tmp_path / "empty")})
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "PORTAL_AUTH_KEYS_FILE: not set"),
+        ("not json", "not JSON"),
+        ('{"keys": []}', "with at least one key"),
+        ('{"keys": [{"kty": "RSA", "kid": "a", "k": "x"}]}', 'kty must be "oct"'),
+        ('{"keys": [{"kty": "oct", "kid": "a b", "k": "' + "A" * 43 + '"}]}', "kid must be"),
+        ('{"keys": [{"kty": "oct", "kid": "a", "k": "c2hvcnQ"}]}', "at least 32 bytes"),
+    ],
+)
+def test_serve_without_a_usable_key_set_exits_2_naming_the_file(tmp_path, content, expected):
+    env = {"PORTAL_DATABASE_URL": DB}
+    if content is not None:
+        keys = tmp_path / "keys.json"
+        keys.write_text(content)
+        env["PORTAL_AUTH_KEYS_FILE"] = str(keys)
+    result = run_cli("serve", "--port", "1", env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    if content is not None:
+        assert lines[0].startswith(str(tmp_path / "keys.json"))
