@@ -90,6 +90,7 @@ app_env = AppEnv(
         postgres.password,
         redis.host,
         redis.password,
+        observability.scrape_token,
         sentry_dsn=pulumi.Config(NAMESPACE).get_secret("sentryDsn") if cfg.sentry_enabled else None,
     ),
 )
@@ -153,4 +154,3 @@ pulumi.export("pushgatewayPort", names.pushgateway_port)
 pulumi.export("grafanaService", observability.grafana_service)
 pulumi.export("jaegerService", observability.jaeger_service)
 pulumi.export("grafanaAdminPassword", observability.grafana_password)
-pulumi.export("adminToken", app_env.admin_token)

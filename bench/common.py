@@ -9,6 +9,7 @@ things they compare side by side in one run, alternate them, and report medians 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.auth import KeySet, mint, subject_for, write_key_file
 from rollout.local.processes import Process, ServerError, free_port, http_ok, wait_until
 from rollout.local.servers import PostgresServer, RedisServer
 
@@ -177,10 +179,39 @@ def redis(root: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+# ------------------------------------------------------------------------------ credentials
+
+_KEYS_DIR = Path(tempfile.mkdtemp(prefix="portal-bench-keys-"))
+KEYS_FILE = _KEYS_DIR / "keys.json"
+"""The key set of every service a benchmark starts; the benchmarks mint their clients' tokens."""
+_KEYS = KeySet(()).with_new_key("bench-1")
+write_key_file(KEYS_FILE, _KEYS)
+atexit.register(shutil.rmtree, _KEYS_DIR, True)
+
+
+def token(user: int | None = None, *, scopes: Sequence[str] = (), ttl: int = 86_400) -> str:
+    """A bearer token the benchmarks' services accept: a user's, or an operator's."""
+    subject = subject_for(user_id=user) if user is not None else subject_for(service="bench")
+    return mint(_KEYS, subject, scopes, ttl)
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(scopes=('admin',))}"}
+
+
+def user_tokens_file(scratch: Path, users: int) -> Path:
+    """One user token a line, user 1 first: ``wrk`` sends user N's own token with their path."""
+    path = scratch / f"tokens-{users}.txt"
+    if not path.exists():
+        path.write_text("".join(token(u) + "\n" for u in range(1, users + 1)))
+    return path
+
+
 def app_env(dsn: str, redis_url: str | None = None, **extra: str) -> dict[str, str]:
     """The environment of ``python -m app``: ours minus any PORTAL_/OTEL_ settings, plus these."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "OTEL_", "SENTRY_"))}
     env["PORTAL_DATABASE_URL"] = dsn
+    env["PORTAL_AUTH_KEYS_FILE"] = str(KEYS_FILE)
     if redis_url:
         env["PORTAL_REDIS_URL"] = redis_url
     env["PORTAL_LOG_LEVEL"] = "WARNING"
@@ -298,7 +329,8 @@ def cpu_seconds(pid: int) -> float:
 
 def scrape(url: str) -> dict[str, float]:
     """``/metrics`` summed per metric name (all label sets together)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+    request = urllib.request.Request(f"{url}/metrics", headers=admin_headers())
+    with urllib.request.urlopen(request, timeout=10) as resp:
         text = resp.read().decode()
     totals: dict[str, float] = {}
     for line in text.splitlines():
@@ -321,11 +353,20 @@ for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\\n]+") do
   local k, v = string.match(line, "^([^:]+):%s*(.*)$")
   if k then headers[k] = v end
 end
+local tokens = {}
+local tokens_file = os.getenv("BENCH_TOKENS_FILE") or ""
+if tokens_file ~= "" then
+  for line in io.lines(tokens_file) do tokens[#tokens + 1] = "Bearer " .. line end
+end
 counter = 0
 request = function()
   counter = counter + 1
   local p = path
-  if n > 0 then p = string.gsub(path, "{id}", tostring((counter % n) + 1)) end
+  if n > 0 then
+    local id = (counter % n) + 1
+    p = string.gsub(path, "{id}", tostring(id))
+    if tokens[id] then headers["Authorization"] = tokens[id] end
+  end
   return wrk.format("GET", p, headers)
 end
 done = function(summary, latency, requests)
@@ -364,10 +405,12 @@ def wrk(
     threads: int = 1,
     seconds: float = 5.0,
     headers: Mapping[str, str] | None = None,
+    tokens: Path | None = None,
     scratch: Path,
 ) -> WrkResult:
     """``wrk --latency`` against ``url + path`` (``{id}`` in the path cycles 1..users), sending
-    ``headers`` with every request."""
+    ``headers`` with every request and, with ``tokens`` (``user_tokens_file``), user N's own
+    bearer token with user N's path."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed; run `make deps` (scripts/bootstrap.sh)")
     script = scratch / "bench.lua"
@@ -375,6 +418,7 @@ def wrk(
         script.write_text(_WRK_LUA)
     env = dict(os.environ, BENCH_PATH=path, BENCH_USERS=str(users))
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
+    env["BENCH_TOKENS_FILE"] = str(tokens) if tokens else ""
     argv = [
         "wrk",
         "--latency",

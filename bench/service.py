@@ -11,6 +11,9 @@ user ids cycling) of several servers, the variants:
 - ``otel``: tracing alone, every request (``PORTAL_INSTRUMENTATION=off``);
 - ``off``: neither; ``bare``: ``bench.bare``, FastAPI on uvicorn answering a constant JSON:
   the framework's own cost, the ceiling the service is measured against;
+- ``noauth``: ``instrumented`` with authentication off (``PORTAL_AUTH=off``): what checking
+  the callers' tokens costs. Every other variant of the service reads each dashboard with its
+  user's own bearer token, as a member's client does (``wrk`` cycles through the users' tokens);
 - ``against`` (with ``--service-against REV``): ``instrumented`` run from another git
   revision's ``app/``, to measure a code change side by side.
 
@@ -21,8 +24,7 @@ over rotations reported, with the load average. Then an open-loop client offers 
 to ``traced`` and its p95 is compared with the target. ``--service-profile`` also records a
 py-spy flame graph of every variant under the same load (``bench/results/service-<name>.svg``).
 
-A new variant (authentication on, say) is one more entry in ``variants()``, and one more
-``Comparison`` for its cost.
+A new variant is one more entry in ``variants()``, and one more ``Comparison`` for its cost.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from bench.common import (
     Report,
     Service,
     WrkResult,
+    admin_headers,
     app_env,
     cpu_seconds,
     fraction,
@@ -60,6 +63,7 @@ from bench.common import (
     server_root,
     start_app,
     start_bare,
+    user_tokens_file,
     wrk,
 )
 
@@ -82,6 +86,8 @@ class Variant:
     """Sent with every request (credentials, a ``traceparent``...)."""
     source: str | None = None
     """A git revision whose ``app/`` runs instead of this checkout's."""
+    user_tokens: bool = True
+    """Each request carries its user's own token (the service's variants)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         ),
         Variant("otel", f"OpenTelemetry alone, {share} traced", {**off, **every}, traced=True),
         Variant("off", "uninstrumented", off),
-        Variant("bare", "bare FastAPI endpoint"),
+        Variant(
+            "noauth",
+            "instrumented, authentication off",
+            {**on, "PORTAL_AUTH": "off"},
+            user_tokens=False,
+        ),
+        Variant("bare", "bare FastAPI endpoint", user_tokens=False),
     ]
     if args.service_against:
         rev = args.service_against
@@ -122,6 +134,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 def comparisons(args: argparse.Namespace) -> list[Comparison]:
     out = [
         Comparison("instrumented_vs_off", "instrumented", "off", "metrics alone", 1 + MAX_COST),
+        Comparison(
+            "auth_vs_noauth",
+            "instrumented",
+            "noauth",
+            "authentication (a member's token per request)",
+            1 + MAX_COST,
+        ),
         Comparison("traced_vs_off", "traced", "off", "instrumented and traced"),
         Comparison("sampled_vs_off", "sampled", "off", "instrumented, sampled traces"),
         Comparison("otel_vs_off", "otel", "off", "OpenTelemetry alone"),
@@ -202,9 +221,15 @@ def _start(variant: Variant, root: Path, dsn: str, redis_url: str, otlp: str) ->
     return start_app(root, f"app-{variant.key}", env, source=source)
 
 
+def _tokens(variant: Variant, args: argparse.Namespace, root: Path) -> Path | None:
+    return user_tokens_file(root, args.service_users) if variant.user_tokens else None
+
+
 def _warm(service: Service, users: int) -> None:
+    admin = admin_headers()
     for uid in range(1, users + 1):
-        with urllib.request.urlopen(f"{service.url}/api/users/{uid}/dashboard", timeout=10) as resp:
+        request = urllib.request.Request(f"{service.url}/api/users/{uid}/dashboard", headers=admin)
+        with urllib.request.urlopen(request, timeout=10) as resp:
             resp.read()
 
 
@@ -244,6 +269,7 @@ def _measure(
                 connections=args.service_connections,
                 seconds=args.service_seconds,
                 headers=v.headers,
+                tokens=_tokens(v, args, root),
                 scratch=root,
             )
             r = runs[v.key]
@@ -293,6 +319,7 @@ def _profile(
             connections=args.service_connections,
             seconds=seconds + 1,
             headers=v.headers,
+            tokens=_tokens(v, args, root),
             scratch=root,
         )
         _, err = spy_proc.communicate(timeout=60)
@@ -363,8 +390,13 @@ def _fixed_rate(
     def dashboard(rng: random.Random) -> load.Call:
         return ("dashboard", "GET", f"/api/users/{rng.randint(1, users)}/dashboard", None)
 
+    # one operator's token (the admin reads any dashboard) for this open-loop client
     fixed = load.run(
-        service.url, rate, args.service_rate_seconds, dashboard, headers=variant.headers
+        service.url,
+        rate,
+        args.service_rate_seconds,
+        dashboard,
+        headers={**admin_headers(), **variant.headers},
     )
     report.data["fixed_rate"] = fixed.summary()
     p95 = fixed.p(95)
@@ -395,12 +427,14 @@ def _summary(
         return f"{outcome[key][0]:.3f}x"
 
     cost, ok_cost = outcome["instrumented_vs_off"]
+    auth, ok_auth = outcome["auth_vs_noauth"]
     bare, ok_bare = outcome["instrumented_vs_bare"]
     share = _paired([w.rps for w in runs["instrumented"].wrk], [w.rps for w in runs["bare"].wrk])
     every = "every request" if args.service_trace_ratio is None else f"{args.service_trace_ratio:g}"
     text = (
         f"CPU per request vs uninstrumented: instrumented (metrics, statistics, headers, logs) "
-        f"{cost:.3f}x (target <= {1 + MAX_COST:g}x: {met(ok_cost)}), with {every} traced "
+        f"{cost:.3f}x (target <= {1 + MAX_COST:g}x: {met(ok_cost)}); authentication vs off "
+        f"{auth:.3f}x (target <= {1 + MAX_COST:g}x: {met(ok_auth)}); with {every} traced "
         f"{x('traced_vs_off')}, with {args.service_sampled_ratio:g} traced "
         f"{x('sampled_vs_off')}, OpenTelemetry alone ({every} traced) {x('otel_vs_off')}; "
         f"dashboard vs bare endpoint {bare:.2f}x CPU, {share:.3f}x req/s (target <= "
@@ -459,6 +493,7 @@ def run(args: argparse.Namespace) -> Report:
                     users=users,
                     seconds=1,
                     headers=v.headers,
+                    tokens=_tokens(v, args, root),
                     connections=args.service_connections,
                     scratch=root,
                 )

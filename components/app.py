@@ -36,7 +36,14 @@ from contract.labels import (
     standard_labels,
 )
 from contract.migration import APP_COMMAND
-from contract.names import ADMIN_TOKEN, DATABASE_URL, REDIS_URL, SENTRY_DSN
+from contract.names import (
+    AUTH_KEYS,
+    DATABASE_URL,
+    METRICS_TOKEN,
+    REDIS_URL,
+    SECRETS_DIR,
+    SENTRY_DSN,
+)
 from contract.prometheus_config import APP_METRICS_PATH, SCRAPE_ANNOTATIONS
 
 SERVICE_PORT = 80
@@ -253,7 +260,22 @@ class App(pulumi.ComponentResource):
                         )
                     ],
                     containers=[self._container(args, track)],
-                    volumes=[kube.empty_dir("tmp")],
+                    volumes=[
+                        kube.empty_dir("tmp"),
+                        # The token keys and the scrape token, as files (the service re-reads
+                        # them when the Secret changes).
+                        k8s.core.v1.VolumeArgs(
+                            name="secrets",
+                            secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                secret_name=args.env_secret,
+                                items=[
+                                    k8s.core.v1.KeyToPathArgs(key=key, path=key)
+                                    for key in (AUTH_KEYS, METRICS_TOKEN)
+                                ],
+                                default_mode=0o440,
+                            ),
+                        ),
+                    ],
                 ),
             ),
         )
@@ -280,6 +302,8 @@ class App(pulumi.ComponentResource):
             kube.env("PORTAL_SLOW_REQUEST_MS", str(app.slow_request_ms)),
             kube.env("PORTAL_DB_POOL_SIZE", str(app.db_pool_size)),
             kube.env("PORTAL_TRACE_SAMPLE_RATIO", f"{app.trace_sample_ratio:g}"),
+            kube.env("PORTAL_DB_STATEMENT_TIMEOUT_MS", str(app.db_statement_timeout_ms)),
+            kube.env("PORTAL_DB_LOCK_TIMEOUT_MS", str(app.db_lock_timeout_ms)),
             kube.env("OTEL_EXPORTER_OTLP_ENDPOINT", args.otlp_endpoint),
             kube.env("OTEL_SERVICE_NAME", cfg.names.app),
             kube.env(
@@ -289,7 +313,8 @@ class App(pulumi.ComponentResource):
             ),
             kube.env_from_secret(DATABASE_URL, secret, DATABASE_URL),
             kube.env_from_secret(REDIS_URL, secret, REDIS_URL),
-            kube.env_from_secret(ADMIN_TOKEN, secret, ADMIN_TOKEN),
+            kube.env(f"{AUTH_KEYS}_FILE", f"{SECRETS_DIR}/{AUTH_KEYS}"),
+            kube.env(f"{METRICS_TOKEN}_FILE", f"{SECRETS_DIR}/{METRICS_TOKEN}"),
         ]
         if cfg.sentry_enabled:
             env.append(kube.env_from_secret(SENTRY_DSN, secret, SENTRY_DSN))
@@ -307,7 +332,10 @@ class App(pulumi.ComponentResource):
                 READINESS_PATH, "http", period=5, failures=2, timeout=5
             ),
             security_context=kube.container_security(),
-            volume_mounts=[kube.mount("tmp", "/tmp")],  # noqa: S108 - an emptyDir
+            volume_mounts=[
+                kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir
+                kube.mount("secrets", SECRETS_DIR, read_only=True),
+            ],
         )
 
 

@@ -1,9 +1,11 @@
 """The Secret the app and the migration Job read their credentials from (``portal-env``):
-the database and Redis URLs built from the generated passwords, the admin token the runbooks use
-for operational endpoints, and the Sentry DSN when the stack sets one."""
+the database and Redis URLs built from the generated passwords, the key set the API's tokens are
+signed with (one generated key per id of ``portal:app.authKeyIds``), the token Prometheus scrapes
+with, and the Sentry DSN when the stack sets one."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -14,7 +16,7 @@ from components import kube
 from contract import ports
 from contract.config import StackConfig
 from contract.labels import API, standard_labels
-from contract.names import ADMIN_TOKEN, DATABASE_URL, REDIS_URL, SENTRY_DSN
+from contract.names import AUTH_KEYS, DATABASE_URL, METRICS_TOKEN, REDIS_URL, SENTRY_DSN
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class AppEnvArgs:
     """The Redis Service name."""
     redis_password: pulumi.Input[str]
     """The generated Redis password (secret)."""
+    scrape_token: pulumi.Input[str]
+    """The token Prometheus presents on ``/metrics`` (secret)."""
     sentry_dsn: pulumi.Input[str] | None = None
     """The Sentry DSN (a secret from the stack config), or ``None``."""
 
@@ -42,7 +46,6 @@ class AppEnv(pulumi.ComponentResource):
     secret_name: pulumi.Output[str]
     keys: tuple[str, ...]
     """The keys the Secret holds."""
-    admin_token: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: AppEnvArgs, opts: pulumi.ResourceOptions | None = None
@@ -51,7 +54,24 @@ class AppEnv(pulumi.ComponentResource):
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
         labels = standard_labels(cfg, cfg.names.app, API, None)
-        token = random.RandomPassword(f"{name}-admin-token", length=40, special=False, opts=child)
+        # A key per id, named after it: a new id is a new key, a dropped id a deleted one. 64
+        # letters and digits are base64url of 48 bytes (the service wants at least 32).
+        secrets = [
+            random.RandomPassword(f"{name}-auth-key-{kid}", length=64, special=False, opts=child)
+            for kid in cfg.app.auth_key_ids
+        ]
+        auth_keys: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(*(s.result for s in secrets)).apply(
+                lambda values: json.dumps(
+                    {
+                        "keys": [
+                            {"kty": "oct", "alg": "HS256", "kid": kid, "k": value}
+                            for kid, value in zip(cfg.app.auth_key_ids, values, strict=True)
+                        ]
+                    }
+                )
+            )
+        )
 
         database_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.format(
@@ -71,7 +91,8 @@ class AppEnv(pulumi.ComponentResource):
         data: dict[str, pulumi.Input[str]] = {
             DATABASE_URL: database_url,
             REDIS_URL: redis_url,
-            ADMIN_TOKEN: token.result,
+            AUTH_KEYS: auth_keys,
+            METRICS_TOKEN: pulumi.Output.secret(args.scrape_token),
         }
         if args.sentry_dsn is not None:
             data[SENTRY_DSN] = pulumi.Output.secret(args.sentry_dsn)
@@ -84,5 +105,4 @@ class AppEnv(pulumi.ComponentResource):
             opts=child,
         )
         self.secret_name = self.secret.metadata.name
-        self.admin_token = token.result
         self.register_outputs({"secretName": self.secret_name, "keys": list(self.keys)})

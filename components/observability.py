@@ -32,6 +32,7 @@ from contract.labels import (
     selector,
     standard_labels,
 )
+from contract.names import SCRAPE_TOKEN_KEY
 
 PROMETHEUS_UID = 65534
 GRAFANA_UID = 472
@@ -74,6 +75,8 @@ class Observability(pulumi.ComponentResource):
     """OTLP/HTTP endpoint of Jaeger for the app (``http://jaeger:4318``)."""
     grafana_password: pulumi.Output[str]
     kube_state_metrics_service: pulumi.Output[str]
+    scrape_token: pulumi.Output[str]
+    """The token Prometheus presents on the service's ``/metrics`` (the app Secret holds it too)."""
     prometheus_config: str
     """The generated ``prometheus.yml``."""
     rules: str
@@ -90,6 +93,9 @@ class Observability(pulumi.ComponentResource):
             args.config, prometheus_config.kubernetes_targets(args.config)
         )
         self.rules = alerts.render_rules(args.config)
+        self.scrape_token = random.RandomPassword(
+            f"{name}-scrape-token", length=48, special=False, opts=self._opts()
+        ).result
         self.prometheus_service = self._prometheus()
         self.pushgateway_service = self._pushgateway()
         self.kube_state_metrics_service = self._kube_state_metrics()
@@ -218,6 +224,13 @@ class Observability(pulumi.ComponentResource):
             },
             opts=self._opts(),
         )
+        scrape = k8s.core.v1.Secret(
+            f"{self._name}-scrape-secret",
+            metadata=kube.metadata(names.scrape_secret, self._ns, labels),
+            type="Opaque",
+            string_data={SCRAPE_TOKEN_KEY: self.scrape_token},
+            opts=self._opts(),
+        )
         container = pods.prometheus(cfg, retention_size(obs.prometheus_storage_size))
         service = self._service(
             "prometheus",
@@ -246,7 +259,15 @@ class Observability(pulumi.ComponentResource):
                         enable_service_links=False,
                         termination_grace_period_seconds=300,
                         containers=[container],
-                        volumes=[kube.config_map_volume("config", config.metadata.name)],
+                        volumes=[
+                            kube.config_map_volume("config", config.metadata.name),
+                            k8s.core.v1.VolumeArgs(
+                                name="scrape",
+                                secret=k8s.core.v1.SecretVolumeSourceArgs(
+                                    secret_name=scrape.metadata.name, default_mode=0o440
+                                ),
+                            ),
+                        ],
                     ),
                 ),
                 volume_claim_templates=[

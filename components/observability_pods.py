@@ -6,7 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import dashboards, kube
-from contract import ports
+from contract import ports, prometheus_config
 from contract.config import StackConfig
 
 GRAFANA_PORT = 3000
@@ -48,6 +48,7 @@ def prometheus(cfg: StackConfig, retention_size: str | None) -> k8s.core.v1.Cont
         volume_mounts=[
             kube.mount("config", "/etc/prometheus", read_only=True),
             kube.mount("data", "/prometheus"),
+            kube.mount("scrape", prometheus_config.SCRAPE_TOKEN_DIR, read_only=True),
         ],
     )
 

@@ -61,6 +61,11 @@ class Names:
         return f"{self.postgres}-auth"
 
     @property
+    def scrape_secret(self) -> str:
+        """The Secret with the token Prometheus presents when it scrapes the service."""
+        return f"{self.prometheus}-scrape"
+
+    @property
     def migration_job_prefix(self) -> str:
         """Every migration Job's name starts with this (the alert rules match on it)."""
         return f"{self.app}-migrate-"
@@ -77,8 +82,15 @@ NAMES = Names()
 DATABASE_URL = "PORTAL_DATABASE_URL"
 """Key of the app Secret (and env variable of the app and the migration Job)."""
 REDIS_URL = "PORTAL_REDIS_URL"
-ADMIN_TOKEN = "PORTAL_ADMIN_TOKEN"  # noqa: S105 - the name of the env variable
 SENTRY_DSN = "SENTRY_DSN"
+AUTH_KEYS = "PORTAL_AUTH_KEYS"
+"""Key of the app Secret holding the JWK Set of the API's token keys (a file: ``<KEY>_FILE``)."""
+METRICS_TOKEN = "PORTAL_METRICS_TOKEN"  # noqa: S105 - a key name
+"""Key of the app Secret holding the token Prometheus scrapes with (a file: ``<KEY>_FILE``)."""
+SECRETS_DIR = "/var/run/secrets/portal"
+"""Where a pod finds its Secret's keys as files (``<dir>/<KEY>``; ``<KEY>_FILE`` points there)."""
+SCRAPE_TOKEN_KEY = "token"  # noqa: S105 - a key name
+"""Key of the scrape Secret (``Names.scrape_secret``) mounted into Prometheus."""
 
 POSTGRES_USER_KEY = "POSTGRES_USER"
 POSTGRES_PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name

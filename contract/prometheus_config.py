@@ -16,6 +16,7 @@ import yaml
 from contract import ports
 from contract.config import StackConfig
 from contract.labels import API, COMPONENT, NAME
+from contract.names import SCRAPE_TOKEN_KEY
 
 JOB_APP = "portal"
 JOB_POSTGRES = "postgres"
@@ -29,6 +30,8 @@ RULES_FILE = "alerts.yml"
 
 
 APP_METRICS_PATH = "/metrics"
+SCRAPE_TOKEN_DIR = "/etc/prometheus-scrape"  # noqa: S105 - a directory
+"""Where the Prometheus pod mounts the scrape Secret; it presents the token in it to the app."""
 SCRAPE_ANNOTATIONS = {
     "scrape": "prometheus.io/scrape",
     "port": "prometheus.io/port",
@@ -49,6 +52,8 @@ class Targets:
     """``None`` where there is no Kubernetes API (the local stack)."""
     app: tuple[str, ...] | None = None
     """Static app instances; ``None`` discovers the app's pods in the stack's namespace."""
+    app_credentials_file: str | None = None
+    """The bearer token file Prometheus presents to the app (``/metrics`` is not public)."""
 
 
 def kubernetes_targets(cfg: StackConfig) -> Targets:
@@ -61,6 +66,7 @@ def kubernetes_targets(cfg: StackConfig) -> Targets:
         pushgateway=f"{n.pushgateway}:{n.pushgateway_port}",
         kube_state_metrics=f"{n.kube_state_metrics}:{ports.KUBE_STATE_METRICS}",
         app=None,
+        app_credentials_file=f"{SCRAPE_TOKEN_DIR}/{SCRAPE_TOKEN_KEY}",
     )
 
 
@@ -129,6 +135,8 @@ def build(
         return {"job_name": job, **extra, "static_configs": [{"targets": [target]}]}
 
     app: dict[str, Any] = {"job_name": JOB_APP, "metrics_path": APP_METRICS_PATH}
+    if targets.app_credentials_file is not None:
+        app["authorization"] = {"type": "Bearer", "credentials_file": targets.app_credentials_file}
     if targets.app is None:
         app.update(_app_discovery(cfg))
     else:

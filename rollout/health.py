@@ -26,18 +26,25 @@ def _failing_checks(body: dict[str, Any]) -> str:
 
 
 def probe(
-    instance: str, base_url: str, timeout_s: float = 3.0, track: Track | None = None
+    instance: str,
+    base_url: str,
+    timeout_s: float = 3.0,
+    track: Track | None = None,
+    token: str | None = None,
 ) -> HealthProbe:
     """Ask one instance (``base_url`` like ``http://127.0.0.1:8001``) how it is.
 
     ``ok`` only for HTTP 200 with status ``healthy``: a degraded canary (its cache down) is
-    not one to send more traffic to.
+    not one to send more traffic to. Without a ``token`` (of the admin scope) the service tells
+    only its status; with one, which checks fail and why.
     """
     url = base_url.rstrip("/") + HEALTH_PATH
     code: int | None = None
     raw = b""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             code = resp.status
             raw = resp.read()
     except urllib.error.HTTPError as exc:

@@ -115,7 +115,9 @@ def record(args: argparse.Namespace) -> Path:
         try:
             target = local_target(stack)
             prom = Prometheus(state["prometheus_url"])
-            load = LoadGenerator(state["nginx_url"], rate_per_s=args.judgement_rate).start()
+            load = LoadGenerator(
+                state["nginx_url"], stack.credentials(), rate_per_s=args.judgement_rate
+            ).start()
             try:
                 time.sleep(5)  # the stable instances' series exist before the first canary
                 for n, (name, (env, desc, good)) in enumerate(SCENARIOS.items()):

@@ -30,6 +30,7 @@ from contract.config.types import (
     HttpUrl,
     ImageRepository,
     ImageTag,
+    KeyId,
     Memory,
     Number,
     PinnedImage,
@@ -92,6 +93,27 @@ class AppConfig(Section):
         le=1.0,
         description="share of requests that start a trace (PORTAL_TRACE_SAMPLE_RATIO)",
     )
+    db_statement_timeout_ms: Whole = Field(
+        default=5000,
+        ge=0,
+        le=3_600_000,
+        description="Postgres statement_timeout of the service's connections, 0 none "
+        "(PORTAL_DB_STATEMENT_TIMEOUT_MS)",
+    )
+    db_lock_timeout_ms: Whole = Field(
+        default=1000,
+        ge=0,
+        le=3_600_000,
+        description="Postgres lock_timeout of the service's connections, 0 none "
+        "(PORTAL_DB_LOCK_TIMEOUT_MS)",
+    )
+    auth_key_ids: list[KeyId] = Field(
+        default_factory=lambda: ["k1"],
+        min_length=1,
+        max_length=4,
+        description="ids of the keys that sign the API's tokens, newest first: the first signs, "
+        "all verify; to rotate, put a new id first, then drop the old one once its tokens expired",
+    )
 
     @property
     def stable_image(self) -> str:
@@ -120,6 +142,10 @@ class AppConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> AppConfig:
         path = f"{NAMESPACE}:app"
+        ids = self.auth_key_ids
+        for i, kid in enumerate(ids):
+            if kid in ids[:i]:
+                raise ConfigError(f"{path}.authKeyIds[{i}]", kid, "expected each key id once")
         hpa = self.hpa
         if hpa.max_replicas < hpa.min_replicas:
             raise ConfigError(

@@ -107,6 +107,12 @@ Namespace = Annotated[
     _matching(_DNS_LABEL),
     Allowed("expected a Kubernetes namespace name (DNS label, max 63 chars)"),
 ]
+KeyId = Annotated[
+    str,
+    Strict(),
+    _matching(r"^(?=.*[0-9])[A-Za-z0-9._-]{1,64}$"),
+    Allowed("expected a key id with a digit, like k1 or 2026-12 (1-64 of A-Za-z0-9._-)"),
+]
 SecretName = Annotated[
     str, Strict(), _matching(_DNS_LABEL), Allowed("expected the name of a Secret (DNS label)")
 ]

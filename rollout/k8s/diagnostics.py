@@ -109,9 +109,11 @@ class KubeDiagnostics:
 
 
 def admin_unavailable(cfg: StackConfig) -> Unavailable:
-    """The service's admin endpoints are not called on a cluster (that takes the admin token of
+    """The service's admin endpoints are not called on a cluster (that takes the token keys of
     the app Secret and create on pods/proxy): the runbooks say what to run instead."""
     return Unavailable(
         "the Kubernetes target does not call the app's admin endpoints (POST /api/admin/... on "
-        f"each pod with the admin token of Secret {cfg.names.app_secret})"
+        "each pod with a token of the admin scope: `python -m app token mint --service NAME "
+        f"--scope admin --keys-file F`, F holding key PORTAL_AUTH_KEYS of Secret "
+        f"{cfg.names.app_secret})"
     )

@@ -114,7 +114,7 @@ def run_drill(
 
     result = DrillResult()
     reports = root / "reports"
-    load = LoadGenerator(state["nginx_url"], rate_per_s=rate_per_s).start()
+    load = LoadGenerator(state["nginx_url"], stack.credentials(), rate_per_s=rate_per_s).start()
     try:
         for version, env, expected, fault in releases:
             console.rule(f"[bold]release {version}: {fault} (expect {expected})")

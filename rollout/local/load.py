@@ -1,8 +1,10 @@
 """A steady, realistic load on the local stack while a drill runs.
 
 Open loop at ``rate_per_s``: dashboards of Zipf-distributed users (a few users are hot, as in a
-real portal), user-list pages, plans, and a small share of profile updates. Counts what it sent
-and what failed, so a drill can say how much traffic each release saw.
+real portal), user-list pages, plans, and a small share of profile updates. Every request carries
+a bearer token, as any client's: a user's own for their dashboard, plans and updates, an admin's
+for the user list and the statistics. Counts what it sent and what failed, so a drill can say
+how much traffic each release saw.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+
+from rollout.local.stack import Credentials
 
 
 @dataclass
@@ -30,6 +34,7 @@ class LoadGenerator:
     def __init__(
         self,
         base_url: str,
+        credentials: Credentials,
         rate_per_s: float = 40.0,
         users: int = 2000,
         workers: int = 8,
@@ -40,6 +45,8 @@ class LoadGenerator:
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
         self.rate = rate_per_s
+        self.credentials = credentials
+        users = min(users, len(credentials.users))
         self.users = users
         self.workers = workers
         self.write_share = write_share
@@ -51,20 +58,22 @@ class LoadGenerator:
         self._weights = zipf_weights(users)
         self._user_ids = list(range(1, users + 1))
 
-    def _request(self) -> tuple[str, str, bytes | None]:
+    def _request(self) -> tuple[str, str, bytes | None, str]:
+        """Method, path, body and the bearer token of the next request."""
         with self._lock:
             r = self._rng.random()
             user = self._rng.choices(self._user_ids, self._weights)[0]
             page = self._rng.randint(1, 20)
+        own, admin = self.credentials.user(user), self.credentials.admin
         if r < self.write_share:
-            return "PATCH", f"/api/users/{user}", b'{"status": "active"}'
+            return "PATCH", f"/api/users/{user}", b'{"name": "Member %d"}' % user, own
         if r < 0.75:
-            return "GET", f"/api/users/{user}/dashboard", None
+            return "GET", f"/api/users/{user}/dashboard", None, own
         if r < 0.9:
-            return "GET", f"/api/users?page={page}&per_page=20", None
+            return "GET", f"/api/users?page={page}&per_page=20", None, admin
         if r < 0.97:
-            return "GET", "/api/plans", None
-        return "GET", "/api/admin/stats", None
+            return "GET", "/api/plans", None, own
+        return "GET", "/api/admin/stats", None, admin
 
     def _worker(self, index: int) -> None:
         interval = self.workers / self.rate
@@ -75,7 +84,7 @@ class LoadGenerator:
             if delay > 0 and self._stop.wait(delay):
                 break
             next_at += interval
-            method, path, body = self._request()
+            method, path, body, token = self._request()
             status = 0
             for attempt in range(2):
                 # A kept-alive connection that nginx closed on a reload fails at once; like
@@ -84,7 +93,9 @@ class LoadGenerator:
                 try:
                     if conn is None:
                         conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
-                    headers = {"Content-Type": "application/json"} if body else {}
+                    headers = {"Authorization": f"Bearer {token}"}
+                    if body:
+                        headers["Content-Type"] = "application/json"
                     conn.request(method, path, body=body, headers=headers)
                     resp = conn.getresponse()
                     resp.read()

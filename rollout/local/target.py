@@ -81,8 +81,9 @@ class LocalDiagnostics:
         return out
 
     def probe(self, track: Track | None = None) -> list[HealthProbe]:
+        admin = self.stack.credentials().admin
         return [
-            health.probe(i.name, i.url, track=_track(i.track))
+            health.probe(i.name, i.url, track=_track(i.track), token=admin)
             for i in self.stack.instances(self.stack.load())
             if i.pid is not None and (track is None or i.track == track)
         ]
@@ -102,13 +103,14 @@ class LocalDiagnostics:
 
 
 class LocalAdmin:
-    """``POST /api/admin/...`` on every running instance with the stack's admin token."""
+    """``POST /api/admin/...`` on every running instance with a token of the admin scope."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
     def call(self, path: str, body: Mapping[str, Any]) -> list[AdminAnswer]:
         state = self.stack.load()
+        admin = self.stack.credentials().admin
         answers = []
         for inst in self.stack.instances(state):
             if inst.pid is None or not pid_alive(inst.pid):
@@ -119,7 +121,7 @@ class LocalAdmin:
                 method="POST",
                 headers={
                     "Content-Type": "application/json",
-                    "Authorization": f"Bearer {state['admin_token']}",
+                    "Authorization": f"Bearer {admin}",
                 },
             )
             try:

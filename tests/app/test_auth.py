@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.anyio
 OWN_ROUTES = ("/api/users/{id}", "/api/users/{id}/dashboard", "/api/users/{id}/activity")
 
 
-def assert_error(r, status: int, error: str) -> dict:
+def assert_error(r, status: int, error: str) -> Any:
     assert r.status_code == status, r.text
     body = r.json()
     assert set(body) == {"error", "detail", "requestId"} and body["error"] == error, body
@@ -201,7 +202,7 @@ async def test_keys_rotate_without_a_restart(portal_dsn, tmp_path):
     settings = settings_for(portal_dsn, PORTAL_AUTH_KEYS_FILE=str(keys_file))
     old_token = bearer(auth.mint(old, "4", (), 600))
     async with running_app(settings, headers=None) as client:
-        authenticator = client.app.state.runtime.auth
+        authenticator = client.app.state.runtime.auth  # type: ignore[attr-defined]
         assert (await client.get("/api/users/4", headers=old_token)).status_code == 200
         both = old.with_new_key("new")
         write_key_file(keys_file, both)

@@ -4,13 +4,16 @@ allowed; nothing is created from a bad config."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 
 import pytest
 import yaml
 
+from app.auth import KeySet
 from components.mockrun import run_program
 from contract.config import ConfigError, parse_config, read_stack_values
+from contract.names import AUTH_KEYS
 from tests.conftest import REPO
 
 BASE = read_stack_values(REPO / "Pulumi.prod.yaml")
@@ -108,6 +111,12 @@ def test_a_bad_value_for_every_key_is_refused_naming_the_key_value_and_what_is_a
         ),
         (lambda v: v["slo"].update(maxErrorRate=2), "portal:slo.maxErrorRate", ""),
         (
+            lambda v: v["app"].update(authKeyIds=["k2", "k1", "k2"]),
+            "portal:app.authKeyIds[2]",
+            "each key id once",
+        ),
+        (lambda v: v["app"].update(authKeyIds=[]), "portal:app.authKeyIds", ""),
+        (
             lambda v: v["observability"].update(grafanaImage="grafana/grafana:latest"),
             "portal:observability.grafanaImage",
             "tag",
@@ -172,3 +181,12 @@ def test_pulumi_yaml_documents_every_key_as_the_model_declares_it():
     assert set(documented) == set(docs.pulumi_config())
     text = (REPO / "Pulumi.yaml").read_text()
     assert docs.updated(text) == text, "Pulumi.yaml is stale: run python -m contract.config.docs"
+
+
+def test_key_ids_become_the_token_keys_newest_first():
+    values = copy.deepcopy(BASE)
+    values["app"]["authKeyIds"] = ["2026-12", "k1"]
+    # 64 hex digits, as the real generator's 64 letters and digits: base64url of 48 bytes
+    run = run_program("prod", values, {}, password=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    keys = KeySet.parse(run.get("Secret", "portal-env").manifest()["stringData"][AUTH_KEYS], "env")
+    assert [kid for kid, _ in keys.keys] == ["2026-12", "k1"] and keys.signing_kid == "2026-12"

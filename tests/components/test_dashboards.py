@@ -34,6 +34,7 @@ MAY_BE_EMPTY = (
 def prometheus():
     with running_local_stack("portal-dash-") as stack:
         state = stack.load()
+        admin = {"Authorization": f"Bearer {stack.credentials().admin}"}
         for i in range(150):
             path = (
                 f"/api/users/{1 + i % 20}/dashboard",
@@ -41,7 +42,8 @@ def prometheus():
                 "/api/plans",
                 "/api/admin/stats",
             )[i % 4]
-            with urllib.request.urlopen(state["nginx_url"] + path, timeout=10) as r:
+            request = urllib.request.Request(state["nginx_url"] + path, headers=admin)
+            with urllib.request.urlopen(request, timeout=10) as r:
                 r.read()
         time.sleep(4)  # a few scrapes
         yield Prometheus(state["prometheus_url"])

@@ -6,6 +6,10 @@ import json
 
 import pytest
 
+from app.auth import KeySet
+from contract import prometheus_config
+from contract.names import AUTH_KEYS, METRICS_TOKEN, SCRAPE_TOKEN_KEY, SECRETS_DIR
+
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -329,3 +333,35 @@ def test_the_program_runs_after_other_asyncio_code_closed_the_loop():
 
     asyncio.run(nothing())  # leaves the thread without a current event loop
     assert len(run_stack("staging", REPO).resources) >= 40
+
+
+def test_the_service_reads_its_token_keys_and_the_scrape_token_as_files(run):
+    env_secret = run.get("Secret", "portal-env").manifest()["stringData"]
+    keys = KeySet.parse(env_secret[AUTH_KEYS], "portal-env")
+    assert [kid for kid, _ in keys.keys] == ["k1"], "one generated key per authKeyIds entry"
+    for name in ("portal-stable", "portal-canary"):
+        spec = pod_spec(run.get("Deployment", name).manifest())
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env[f"{AUTH_KEYS}_FILE"] == f"{SECRETS_DIR}/{AUTH_KEYS}"
+        assert env[f"{METRICS_TOKEN}_FILE"] == f"{SECRETS_DIR}/{METRICS_TOKEN}"
+        assert "PORTAL_ADMIN_TOKEN" not in env, "the service refuses the old admin token"
+        assert (env["PORTAL_DB_STATEMENT_TIMEOUT_MS"], env["PORTAL_DB_LOCK_TIMEOUT_MS"]) == (
+            "5000",
+            "1000",
+        )
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == SECRETS_DIR)
+        assert mount["readOnly"] is True
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+        assert volume["secretName"] == "portal-env"
+        assert {i["key"] for i in volume["items"]} == {AUTH_KEYS, METRICS_TOKEN}
+    prometheus = pod_spec(run.get("StatefulSet", "prometheus").manifest())
+    mount = next(
+        m
+        for m in prometheus["containers"][0]["volumeMounts"]
+        if m["mountPath"] == prometheus_config.SCRAPE_TOKEN_DIR
+    )
+    volume = next(v for v in prometheus["volumes"] if v["name"] == mount["name"])["secret"]
+    scrape = run.get("Secret", volume["secretName"]).manifest()["stringData"]
+    assert scrape[SCRAPE_TOKEN_KEY] == env_secret[METRICS_TOKEN], "one token, both sides"
+    assert "PORTAL_METRICS_TOKEN" not in json.dumps(prometheus), "Prometheus sees no app secret"

@@ -27,7 +27,10 @@ def promtool(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
 def test_the_generated_prometheus_config_passes_promtool(tmp_path, configs):
     """Debian's promtool is built without Kubernetes service discovery, so the app job's
     discovery is checked as data below and replaced here by the static form the local stack
-    uses; every other line is the deployed config, checked by promtool."""
+    uses, and the scrape token (a file promtool wants to find) is one in a scratch directory;
+    every other line is the deployed config, checked by promtool."""
+    token = tmp_path / "token"
+    token.write_text("t" * 48)
     for cfg in configs.values():
         (tmp_path / prometheus_config.RULES_FILE).write_text(alerts.render_rules(cfg))
         conf = prometheus_config.build(cfg, prometheus_config.kubernetes_targets(cfg))
@@ -35,6 +38,11 @@ def test_the_generated_prometheus_config_passes_promtool(tmp_path, configs):
             if "kubernetes_sd_configs" in job:
                 job.pop("kubernetes_sd_configs")
                 job["static_configs"] = [{"targets": ["portal-stable:8000"]}]
+                assert job["authorization"] == {
+                    "type": "Bearer",
+                    "credentials_file": "/etc/prometheus-scrape/token",
+                }, "the app's /metrics is not public: Prometheus presents the scrape token"
+                job["authorization"]["credentials_file"] = str(token)
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
         result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
         assert result.returncode == 0, result.stdout + result.stderr

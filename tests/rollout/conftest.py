@@ -41,8 +41,9 @@ def local_state(stack_root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def load(local_state: dict[str, Any]) -> Iterator[LoadGenerator]:
-    gen = LoadGenerator(local_state["nginx_url"], rate_per_s=40).start()
+def load(stack_root: Path, local_state: dict[str, Any]) -> Iterator[LoadGenerator]:
+    credentials = LocalStack(stack_root).credentials()
+    gen = LoadGenerator(local_state["nginx_url"], credentials, rate_per_s=40).start()
     yield gen
     gen.stop()
 

@@ -30,8 +30,8 @@ def stack_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def load(stack_root: Path) -> Iterator[LoadGenerator]:
-    state = LocalStack(stack_root).load()
-    gen = LoadGenerator(state["nginx_url"], rate_per_s=30).start()
+    local = LocalStack(stack_root)
+    gen = LoadGenerator(local.load()["nginx_url"], local.credentials(), rate_per_s=30).start()
     yield gen
     gen.stop()
 

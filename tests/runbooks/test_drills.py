@@ -95,7 +95,7 @@ def test_sentry_disable_switches_reporting_off_where_it_was_on(target, stack):
         method="POST",
         headers={
             "Content-Type": "application/json",
-            "Authorization": f"Bearer {stack.load()['admin_token']}",
+            "Authorization": f"Bearer {stack.credentials().admin}",
         },
     )
     with urllib.request.urlopen(req, timeout=5) as r:
