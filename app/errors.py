@@ -31,6 +31,7 @@ log = logging.getLogger("app.http")
 REQUEST_ID = "portal.request_id"
 """ASGI scope key of the request id, once an error needed one."""
 REQUEST_ID_HEADER = "x-request-id"
+_UNPARSEABLE = "There was an error parsing the body"
 _CALLER_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,128}$")
 
 REASONS = {
@@ -147,6 +148,10 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install(app: FastAPI, runtime: Runtime) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400 and exc.detail == _UNPARSEABLE:
+            # FastAPI's answer to a body it cannot even decode (not UTF-8, say): malformed
+            # input like any invalid JSON, so the same 422.
+            return error(request.scope, 422, "invalid JSON body", "the body is not UTF-8 JSON")
         message = REASONS.get(exc.status_code, "error")
         if exc.status_code in (401, 403):
             log.info(

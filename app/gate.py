@@ -11,7 +11,9 @@ A route declares nothing and gets ``Access.ADMIN``: closed unless opened on purp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import parse_qsl
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
@@ -36,9 +38,33 @@ class GuardedRoute(APIRoute):
         principal = auth.authorize(self.access, scope)
         if principal is not None:
             scope[PRINCIPAL] = principal
+        if scope["query_string"]:
+            self._known_query(scope["query_string"])
         if self.max_body is not None:
             receive = _limited(scope, receive, self.max_body)
         await super().handle(scope, receive, send)
+
+    def _known_query(self, raw: bytes) -> None:
+        """A query parameter the route does not take is a 422, not silently ignored (a typo such
+        as ``perpage=50`` would otherwise pass unnoticed)."""
+        known = self._query_names
+        if known is None:
+            known = self._query_names = frozenset(p.alias for p in self.dependant.query_params)
+        unknown = sorted({name for name, _ in parse_qsl(raw.decode("latin-1"), True)} - known)
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", name),
+                        "msg": "this route takes no such query parameter"
+                        + (f" (it takes {', '.join(sorted(known))})" if known else ""),
+                        "type": "extra_forbidden",
+                    }
+                    for name in unknown
+                ]
+            )
+
+    _query_names: frozenset[str] | None = None
 
 
 def principal_of(scope: Scope) -> Principal | None:

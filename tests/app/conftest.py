@@ -228,3 +228,21 @@ def serve_app(tmp_path: Path) -> Iterator[Callable[..., ServedApp]]:
     yield start
     for served in started:
         served.stop()
+
+
+@pytest.fixture
+def dml_role(pg_server: PostgresServer, portal_dsn: str) -> Iterator[str]:
+    """A login role with USAGE on the schema and SELECT, INSERT, UPDATE, DELETE on its tables:
+    nothing else (no DDL, no sequence grant). Its DSN."""
+    role = f"portal_dml_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(portal_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+    yield portal_dsn.replace("postgresql://postgres@", f"postgresql://{role}@")
+    with psycopg.connect(portal_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP ROLE {role}")
