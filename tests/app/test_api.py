@@ -299,3 +299,20 @@ async def test_the_same_statement_repeated_in_one_request_is_reported_as_n_plus_
     warnings = [r.getMessage() for r in caplog.records if "N+1" in r.getMessage()]
     assert len(warnings) == 1, "reported once per request and statement"
     assert "statement user ran 5 times" in warnings[0] and "GET /api/example" in warnings[0]
+
+
+async def test_an_unknown_query_parameter_or_a_body_that_is_not_utf8_is_a_422(portal_dsn):
+    async with running_app(settings_for(portal_dsn)) as client:
+        typo = await client.get("/api/users", params={"perpage": "50"})
+        assert typo.status_code == 422, typo.text
+        (problem,) = typo.json()["detail"]
+        assert problem["loc"] == ["query", "perpage"] and "page, per_page" in problem["msg"]
+        none_taken = await client.get("/api/users/1/dashboard", params={"x": "1"})
+        assert none_taken.status_code == 422
+        binary = await client.patch(
+            "/api/users/1",
+            content=b'{"name": "\xff\xfe"}',
+            headers={"content-type": "application/json"},
+        )
+        assert binary.status_code == 422 and binary.json()["error"] == "invalid JSON body"
+    assert sql_one(portal_dsn, "SELECT name FROM users WHERE id = 1") != "\xff\xfe"
