@@ -192,6 +192,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also run the instrumented service from this git revision (e.g. main)",
     )
     g.add_argument(
+        "--service-variants",
+        metavar="KEY,KEY",
+        default=None,
+        help="only these variants (e.g. instrumented,noauth: more rotations in the same time); "
+        "the comparisons between them and, with traced, the fixed-rate run",
+    )
+    g.add_argument(
         "--service-profile",
         action="store_true",
         help="also record a py-spy flame graph of each variant (bench/results/service-*.svg)",
@@ -452,9 +459,36 @@ def _paired(a: list[float], b: list[float]) -> float:
     return median([x / y for x, y in zip(a, b, strict=True) if y])
 
 
+def _selected(args: argparse.Namespace) -> tuple[list[Variant], list[Comparison]]:
+    chosen, compared = variants(args), comparisons(args)
+    if args.service_variants is None:
+        return chosen, compared
+    wanted = {k.strip() for k in args.service_variants.split(",") if k.strip()}
+    unknown = wanted - {v.key for v in chosen}
+    if unknown or not wanted:
+        raise BenchError(
+            f"--service-variants: {', '.join(sorted(unknown)) or 'none given'}; the variants are "
+            f"{', '.join(v.key for v in chosen)}"
+        )
+    chosen = [v for v in chosen if v.key in wanted]
+    compared = [c for c in compared if {c.numerator, c.denominator} <= wanted]
+    return chosen, compared
+
+
+def _partial_summary(outcome: dict[str, tuple[float, bool]], compared: list[Comparison]) -> str:
+    parts = []
+    for c in compared:
+        cpu, ok = outcome[c.key]
+        target = ""
+        if c.max_cpu_ratio is not None:
+            target = f" (target <= {c.max_cpu_ratio:g}x: {'MET' if ok else 'MISSED'})"
+        parts.append(f"{c.label}: {c.numerator} / {c.denominator} CPU {cpu:.3f}x{target}")
+    return "; ".join(parts) or "no comparison among the chosen variants"
+
+
 def run(args: argparse.Namespace) -> Report:
     users, reps, seconds = args.service_users, args.service_reps, args.service_seconds
-    chosen, compared = variants(args), comparisons(args)
+    chosen, compared = _selected(args)
     report = Report(
         NAME,
         params={
@@ -485,7 +519,7 @@ def run(args: argparse.Namespace) -> Report:
             for v in chosen:
                 servers[v.key] = _start(v, root, dsn, rd.url, collector.url)
             progress(NAME, "warming the cache and the servers")
-            _warm(servers["instrumented"], users)
+            _warm(next(servers[v.key] for v in chosen if v.env is not None), users)
             for v in chosen:
                 wrk(
                     servers[v.key].url,
@@ -506,8 +540,9 @@ def run(args: argparse.Namespace) -> Report:
                 "",
                 f"min {min(loads):.2f}, max {max(loads):.2f} over the rotations",
             )
-            traced = next(v for v in chosen if v.key == "traced")
-            p95, failed = _fixed_rate(report, servers[traced.key], traced, args)
+            traced = next((v for v in chosen if v.key == "traced"), None)
+            if traced is not None:
+                p95, failed = _fixed_rate(report, servers[traced.key], traced, args)
             if args.service_profile:
                 _profile(chosen, servers, args, root)
         finally:
@@ -515,7 +550,12 @@ def run(args: argparse.Namespace) -> Report:
                 s.stop()
     if collector.bad_requests:
         raise BenchError(f"the collector received {collector.bad_requests} malformed exports")
+    report.data["targets"] = {k: met for k, (_, met) in outcome.items()}
+    load_note = f"load average {median(loads):.2f} ({min(loads):.2f}-{max(loads):.2f})"
+    if args.service_variants is not None:
+        report.finish(f"{_partial_summary(outcome, compared)}; {load_note}")
+        return report
     ok_p95 = p95 < P95_TARGET_MS and failed == 0
-    report.data["targets"] = {**{k: met for k, (_, met) in outcome.items()}, "p95": ok_p95}
+    report.data["targets"]["p95"] = ok_p95
     report.finish(_summary(outcome, runs, args, p95, ok_p95, loads))
     return report
