@@ -121,6 +121,7 @@ def _token_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _token(args: argparse.Namespace) -> int:
     from app import auth
+    from app import keys as keys_
 
     path = args.keys_file or (
         Path(os.environ["PORTAL_AUTH_KEYS_FILE"])
@@ -131,18 +132,18 @@ def _token(args: argparse.Namespace) -> int:
         return _fail("token: give --keys-file or set PORTAL_AUTH_KEYS_FILE", 2)
     try:
         if args.action == "keygen":
-            keys = auth.KeySet.read(path) if path.exists() else auth.KeySet(())
+            keys = keys_.KeySet.read(path) if path.exists() else keys_.KeySet(())
             keys = keys.with_new_key(args.kid)
-            auth.write_key_file(path, keys)
+            keys_.write_key_file(path, keys)
             print(keys.signing_kid)
             return 0
-        keys = auth.KeySet.read(path)
+        keys = keys_.KeySet.read(path)
         if args.action == "keys":
             print(keys.describe())
             return 0
         if args.action == "retire":
             keys = keys.without(args.kid)
-            auth.write_key_file(path, keys)
+            keys_.write_key_file(path, keys)
             print(keys.describe())
             return 0
         ttl = auth.parse_ttl(args.ttl)
@@ -151,7 +152,7 @@ def _token(args: argparse.Namespace) -> int:
             if args.user
             else [auth.subject_for(service=args.service)]
         )
-    except (auth.KeyFileError, ValueError) as exc:
+    except (keys_.KeyFileError, ValueError) as exc:
         return _fail(f"token {args.action}: {exc}", 2)
     now = int(time.time())
     tokens = [(sub, auth.mint(keys, sub, args.scope, ttl, now=now)) for sub in subjects]
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 2)
 
     if args.command == "serve":
-        from app.auth import KeyFileError
+        from app.keys import KeyFileError
         from app.main import authenticator
 
         try:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.auth import KeySet, mint, subject_for, write_key_file
+from app.auth import mint, subject_for
+from app.keys import KeySet, write_key_file
 from rollout.local.processes import Process, ServerError, free_port, http_ok, wait_until
 from rollout.local.servers import PostgresServer, RedisServer
 

@@ -31,20 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import shutil
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import load
 from bench.collector import Collector
 from bench.common import (
     REPO,
-    RESULTS_DIR,
     BenchError,
     Report,
     Service,
@@ -63,15 +58,13 @@ from bench.common import (
     server_root,
     start_app,
     start_bare,
-    user_tokens_file,
     wrk,
 )
+from bench.service_runs import DASHBOARD, P95_TARGET_MS, fixed_rate, profile, tokens_for
 
 NAME = "service"
-DASHBOARD = "/api/users/{id}/dashboard"
 MAX_COST = 0.05
 MAX_BARE_RATIO = 2.0
-P95_TARGET_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -228,10 +221,6 @@ def _start(variant: Variant, root: Path, dsn: str, redis_url: str, otlp: str) ->
     return start_app(root, f"app-{variant.key}", env, source=source)
 
 
-def _tokens(variant: Variant, args: argparse.Namespace, root: Path) -> Path | None:
-    return user_tokens_file(root, args.service_users) if variant.user_tokens else None
-
-
 def _warm(service: Service, users: int) -> None:
     admin = admin_headers()
     for uid in range(1, users + 1):
@@ -276,7 +265,7 @@ def _measure(
                 connections=args.service_connections,
                 seconds=args.service_seconds,
                 headers=v.headers,
-                tokens=_tokens(v, args, root),
+                tokens=tokens_for(v, args, root),
                 scratch=root,
             )
             r = runs[v.key]
@@ -285,53 +274,6 @@ def _measure(
             r.spans += collector.spans - spans
         loads.append(os.getloadavg()[0])
     return runs, loads
-
-
-def _profile(
-    variants: list[Variant], servers: dict[str, Service], args: argparse.Namespace, root: Path
-) -> None:
-    spy = shutil.which(
-        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    )
-    if spy is None:
-        raise BenchError("--service-profile needs py-spy (in requirements.lock: run `make deps`)")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    seconds = max(5, round(args.service_seconds * 2))
-    for v in variants:
-        out = RESULTS_DIR / f"{NAME}-{v.key}.svg"
-        progress(NAME, f"profiling {v.key} for {seconds}s -> {out.relative_to(REPO)}")
-        spy_proc = subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(servers[v.key].process.pid),
-                "--rate",
-                "250",
-                "--duration",
-                str(seconds),
-                "--nonblocking",
-                "--format",
-                "flamegraph",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wrk(
-            servers[v.key].url,
-            DASHBOARD,
-            users=args.service_users,
-            connections=args.service_connections,
-            seconds=seconds + 1,
-            headers=v.headers,
-            tokens=_tokens(v, args, root),
-            scratch=root,
-        )
-        _, err = spy_proc.communicate(timeout=60)
-        if spy_proc.returncode != 0:
-            raise BenchError(f"py-spy failed on {v.key}: {err.decode().strip()[-300:]}")
 
 
 def _report_runs(
@@ -386,37 +328,6 @@ def _report_ratios(
         report.figure(f"ratio_rps_{c.key}", rps, "x", f"req/s {c.numerator} / {c.denominator}")
         outcome[c.key] = (cpu, c.max_cpu_ratio is None or cpu <= c.max_cpu_ratio)
     return outcome
-
-
-def _fixed_rate(
-    report: Report, service: Service, variant: Variant, args: argparse.Namespace
-) -> tuple[float, int]:
-    users, rate = args.service_users, args.service_rate
-    progress(NAME, f"fixed rate {rate:g} req/s for {args.service_rate_seconds:g}s, {variant.key}")
-
-    def dashboard(rng: random.Random) -> load.Call:
-        return ("dashboard", "GET", f"/api/users/{rng.randint(1, users)}/dashboard", None)
-
-    # one operator's token (the admin reads any dashboard) for this open-loop client
-    fixed = load.run(
-        service.url,
-        rate,
-        args.service_rate_seconds,
-        dashboard,
-        headers={**admin_headers(), **variant.headers},
-    )
-    report.data["fixed_rate"] = fixed.summary()
-    p95 = fixed.p(95)
-    report.figure(
-        "fixed_rate_p50",
-        fixed.p(50),
-        "ms",
-        f"{variant.label}, {rate:g} req/s open loop, {fixed.sent} requests",
-    )
-    report.figure("fixed_rate_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
-    report.figure("fixed_rate_p99", fixed.p(99), "ms")
-    report.figure("fixed_rate_failed", fixed.failed, "requests")
-    return p95, fixed.failed
 
 
 def _summary(
@@ -527,7 +438,7 @@ def run(args: argparse.Namespace) -> Report:
                     users=users,
                     seconds=1,
                     headers=v.headers,
-                    tokens=_tokens(v, args, root),
+                    tokens=tokens_for(v, args, root),
                     connections=args.service_connections,
                     scratch=root,
                 )
@@ -542,9 +453,9 @@ def run(args: argparse.Namespace) -> Report:
             )
             traced = next((v for v in chosen if v.key == "traced"), None)
             if traced is not None:
-                p95, failed = _fixed_rate(report, servers[traced.key], traced, args)
+                p95, failed = fixed_rate(report, servers[traced.key], traced, args)
             if args.service_profile:
-                _profile(chosen, servers, args, root)
+                profile(chosen, servers, args, root)
         finally:
             for s in servers.values():
                 s.stop()

@@ -198,6 +198,23 @@ class Observability(pulumi.ComponentResource):
 
     # -- Prometheus ------------------------------------------------------------------------
 
+    def _scrape_volume(self, labels: dict[str, str]) -> k8s.core.v1.VolumeArgs:
+        """The scrape token's own Secret, as the volume ``scrape`` of the Prometheus pod (which
+        sees no other key of the app's Secret)."""
+        secret = k8s.core.v1.Secret(
+            f"{self._name}-scrape-secret",
+            metadata=kube.metadata(self._cfg.names.scrape_secret, self._ns, labels),
+            type="Opaque",
+            string_data={SCRAPE_TOKEN_KEY: self.scrape_token},
+            opts=self._opts(),
+        )
+        return k8s.core.v1.VolumeArgs(
+            name="scrape",
+            secret=k8s.core.v1.SecretVolumeSourceArgs(
+                secret_name=secret.metadata.name, default_mode=0o440
+            ),
+        )
+
     def _prometheus(self) -> pulumi.Output[str]:
         cfg = self._cfg
         obs = cfg.observability
@@ -222,13 +239,6 @@ class Observability(pulumi.ComponentResource):
                 "prometheus.yml": self.prometheus_config,
                 prometheus_config.RULES_FILE: self.rules,
             },
-            opts=self._opts(),
-        )
-        scrape = k8s.core.v1.Secret(
-            f"{self._name}-scrape-secret",
-            metadata=kube.metadata(names.scrape_secret, self._ns, labels),
-            type="Opaque",
-            string_data={SCRAPE_TOKEN_KEY: self.scrape_token},
             opts=self._opts(),
         )
         container = pods.prometheus(cfg, retention_size(obs.prometheus_storage_size))
@@ -261,12 +271,7 @@ class Observability(pulumi.ComponentResource):
                         containers=[container],
                         volumes=[
                             kube.config_map_volume("config", config.metadata.name),
-                            k8s.core.v1.VolumeArgs(
-                                name="scrape",
-                                secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                    secret_name=scrape.metadata.name, default_mode=0o440
-                                ),
-                            ),
+                            self._scrape_volume(labels),
                         ],
                     ),
                 ),

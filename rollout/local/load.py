@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from rollout.local.stack import Credentials
+from rollout.local.credentials import Credentials
 
 
 @dataclass

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import yaml
 
 from contract import alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
+from rollout.local.credentials import Credentials, StackAuth
 from rollout.local.processes import (
     Process,
     ServerError,
@@ -51,22 +50,6 @@ SEED_USERS = 2000
 DATABASE = "portal"
 
 Progress = Callable[[str], None]
-
-
-TOKEN_TTL_S = 24 * 3600
-"""Lifetime of the tokens the stack mints for its clients (re-minted with an hour left)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Bearer tokens of the stack's clients: an operator with the admin scope (runbooks,
-    probes, admin pages of the load) and each seeded user (their own records)."""
-
-    admin: str
-    users: dict[int, str]
-
-    def user(self, user_id: int) -> str:
-        return self.users[user_id]
 
 
 STACK = "local"
@@ -131,7 +114,8 @@ class LocalStack:
 
     def __init__(self, root: Path = LOCAL_DIR) -> None:
         self.root = Path(root).resolve()
-        self._credentials: tuple[Credentials, float] | None = None
+        self.auth = StackAuth(self.root)
+        """The key set of the API's tokens, the scrape token and the tokens of the clients."""
 
     # ------------------------------------------------------------------ state
 
@@ -193,7 +177,7 @@ class LocalStack:
             pushgateway=f"127.0.0.1:{ports['pushgateway']}",
             kube_state_metrics=None,
             app=(),
-            app_credentials_file=str(self.scrape_token_file),
+            app_credentials_file=str(self.auth.scrape_token_file),
         )
         conf = prometheus_config.build(cfg, targets, scrape_interval_s=1.0)
         for job in conf["scrape_configs"]:
@@ -209,74 +193,9 @@ class LocalStack:
 
     # ------------------------------------------------------------------ credentials
 
-    @property
-    def keys_file(self) -> Path:
-        """The key set of the API's tokens (``PORTAL_AUTH_KEYS_FILE`` of every instance)."""
-        return self.root / "auth" / "keys.json"
-
-    @property
-    def scrape_token_file(self) -> Path:
-        """The token Prometheus scrapes the instances with (``PORTAL_METRICS_TOKEN_FILE``)."""
-        return self.root / "auth" / "scrape-token"
-
-    def _prepare_credentials(self) -> None:
-        """A key set and a scrape token, made once (kept across ``down`` and ``up``)."""
-        if not self.keys_file.exists():
-            self._token_cli(["keygen", "--kid", "local-1"])
-        if not self.scrape_token_file.exists():
-            fd = os.open(self.scrape_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(36) + "\n")
-
     def credentials(self, users: int = SEED_USERS) -> Credentials:
-        """Tokens for the admin and users 1..``users``, minted with the stack's keys the way an
-        operator mints them (``python -m app token mint``); reused until an hour before they
-        expire."""
-        known = self._credentials
-        if known is not None and known[1] - time.time() > 3600 and len(known[0].users) >= users:
-            return known[0]
-        cache = self.root / "auth" / "tokens.json"
-        try:
-            doc = json.loads(cache.read_text())
-            if doc["expiresAt"] - time.time() > 3600 and len(doc["users"]) >= users:
-                found = Credentials(doc["admin"], {int(k): v for k, v in doc["users"].items()})
-                self._credentials = (found, float(doc["expiresAt"]))
-                return found
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        ttl = f"{TOKEN_TTL_S}s"
-        admin = self._token_cli(
-            ["mint", "--service", "local-operator", "--scope", "admin", "--ttl", ttl, "--json"]
-        )
-        members = self._token_cli(["mint", "--user", f"1-{users}", "--ttl", ttl, "--json"])
-        doc = {
-            "admin": json.loads(admin)["tokens"][0]["token"],
-            "users": {t["sub"]: t["token"] for t in json.loads(members)["tokens"]},
-            "expiresAt": json.loads(members)["expiresAt"],
-        }
-        tmp = cache.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(doc, out)
-        tmp.replace(cache)
-        minted = Credentials(doc["admin"], {int(k): v for k, v in doc["users"].items()})
-        self._credentials = (minted, float(doc["expiresAt"]))
-        return minted
-
-    def _token_cli(self, args: list[str]) -> str:
-        self.keys_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [python(), "-m", "app", "token", *args, "--keys-file", str(self.keys_file)]
-        result = subprocess.run(
-            argv,
-            cwd=Path(__file__).resolve().parents[2],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ServerError(f"python -m app token {args[0]} failed: {result.stderr.strip()}")
-        return result.stdout
+        """Tokens of the stack's clients (an operator with the admin scope, users 1..``users``)."""
+        return self.auth.credentials(users)
 
     def nginx(self, state: dict[str, Any]) -> NginxServer:
         return NginxServer(self.root / "nginx", int(state["ports"]["nginx"]), nginx_config(state))
@@ -291,8 +210,8 @@ class LocalStack:
                 "PORTAL_REDIS_URL": state["redis_url"],
                 "PORTAL_VERSION": instance.version,
                 "PORTAL_TRACK": instance.track,
-                "PORTAL_AUTH_KEYS_FILE": str(self.keys_file),
-                "PORTAL_METRICS_TOKEN_FILE": str(self.scrape_token_file),
+                "PORTAL_AUTH_KEYS_FILE": str(self.auth.keys_file),
+                "PORTAL_METRICS_TOKEN_FILE": str(self.auth.scrape_token_file),
                 "PORTAL_DB_POOL_SIZE": "4",
                 "PORTAL_LOG_LEVEL": "WARNING",
             }
@@ -348,7 +267,7 @@ class LocalStack:
     def up(self, progress: Progress = print) -> dict[str, Any]:
         """Start what is not running (idempotent); return the state."""
         self._prepare_root()
-        self._prepare_credentials()
+        self.auth.prepare()
         state = self._state()
         self._start_data(state, progress)
         self._start_instances(state, progress)

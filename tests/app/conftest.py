@@ -26,7 +26,8 @@ import httpx
 import psycopg
 import pytest
 
-from app.auth import KeySet, mint, subject_for, write_key_file
+from app.auth import mint, subject_for
+from app.keys import KeySet, write_key_file
 from app.main import create_app
 from app.migrate import Runner
 from app.seed import Seeder

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from app import auth
-from app.auth import KeySet, write_key_file
+from app.keys import KeySet, write_key_file
 from tests.app.conftest import (
     ADMIN,
     KEYS,

@@ -11,8 +11,8 @@ import anyio
 import pytest
 import redis
 
-from app.auth import KeySet
 from app.cache import Cache, MemoryStore
+from app.keys import KeySet
 from app.metrics import Metrics
 from tests.app.conftest import ADMIN, bearer, running_app, settings_for, token
 

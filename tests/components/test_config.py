@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from app.auth import KeySet
+from app.keys import KeySet
 from components.mockrun import run_program
 from contract.config import ConfigError, parse_config, read_stack_values
 from contract.names import AUTH_KEYS

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.auth import KeySet
+from app.keys import KeySet
 from contract import prometheus_config
 from contract.names import AUTH_KEYS, METRICS_TOKEN, SCRAPE_TOKEN_KEY, SECRETS_DIR
 

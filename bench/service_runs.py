@@ -1,0 +1,116 @@
+"""The service benchmark's runs beside the rotations: the open-loop run at a fixed rate, and the
+flame graph of each variant (``--service-profile``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import load
+from bench.common import (
+    REPO,
+    RESULTS_DIR,
+    BenchError,
+    Report,
+    Service,
+    admin_headers,
+    progress,
+    user_tokens_file,
+    wrk,
+)
+
+if TYPE_CHECKING:
+    from bench.service import Variant
+
+NAME = "service"
+DASHBOARD = "/api/users/{id}/dashboard"
+P95_TARGET_MS = 10.0
+
+
+def tokens_for(variant: Variant, args: argparse.Namespace, root: Path) -> Path | None:
+    """The users' own tokens for ``wrk`` (the service's variants), or none (bare, noauth)."""
+    return user_tokens_file(root, args.service_users) if variant.user_tokens else None
+
+
+def profile(
+    variants: list[Variant], servers: dict[str, Service], args: argparse.Namespace, root: Path
+) -> None:
+    spy = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
+    if spy is None:
+        raise BenchError("--service-profile needs py-spy (in requirements.lock: run `make deps`)")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    seconds = max(5, round(args.service_seconds * 2))
+    for v in variants:
+        out = RESULTS_DIR / f"{NAME}-{v.key}.svg"
+        progress(NAME, f"profiling {v.key} for {seconds}s -> {out.relative_to(REPO)}")
+        spy_proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(servers[v.key].process.pid),
+                "--rate",
+                "250",
+                "--duration",
+                str(seconds),
+                "--nonblocking",
+                "--format",
+                "flamegraph",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wrk(
+            servers[v.key].url,
+            DASHBOARD,
+            users=args.service_users,
+            connections=args.service_connections,
+            seconds=seconds + 1,
+            headers=v.headers,
+            tokens=tokens_for(v, args, root),
+            scratch=root,
+        )
+        _, err = spy_proc.communicate(timeout=60)
+        if spy_proc.returncode != 0:
+            raise BenchError(f"py-spy failed on {v.key}: {err.decode().strip()[-300:]}")
+
+
+def fixed_rate(
+    report: Report, service: Service, variant: Variant, args: argparse.Namespace
+) -> tuple[float, int]:
+    users, rate = args.service_users, args.service_rate
+    progress(NAME, f"fixed rate {rate:g} req/s for {args.service_rate_seconds:g}s, {variant.key}")
+
+    def dashboard(rng: random.Random) -> load.Call:
+        return ("dashboard", "GET", f"/api/users/{rng.randint(1, users)}/dashboard", None)
+
+    # one operator's token (the admin reads any dashboard) for this open-loop client
+    fixed = load.run(
+        service.url,
+        rate,
+        args.service_rate_seconds,
+        dashboard,
+        headers={**admin_headers(), **variant.headers},
+    )
+    report.data["fixed_rate"] = fixed.summary()
+    p95 = fixed.p(95)
+    report.figure(
+        "fixed_rate_p50",
+        fixed.p(50),
+        "ms",
+        f"{variant.label}, {rate:g} req/s open loop, {fixed.sent} requests",
+    )
+    report.figure("fixed_rate_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
+    report.figure("fixed_rate_p99", fixed.p(99), "ms")
+    report.figure("fixed_rate_failed", fixed.failed, "requests")
+    return p95, fixed.failed
