@@ -9,18 +9,23 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.auth import Access, Authenticator
 from bench import load
 from bench.common import (
+    KEYS_FILE,
     REPO,
     RESULTS_DIR,
     BenchError,
     Report,
     Service,
     admin_headers,
+    median,
     progress,
+    token,
     user_tokens_file,
     wrk,
 )
@@ -114,3 +119,35 @@ def fixed_rate(
     report.figure("fixed_rate_p99", fixed.p(99), "ms")
     report.figure("fixed_rate_failed", fixed.failed, "requests")
     return p95, fixed.failed
+
+
+def auth_path(users: int, reps: int = 7, calls: int = 20_000) -> tuple[float, float]:
+    """What the service does for authentication on a dashboard read, timed in this process:
+    ``Authenticator.authorize`` for a member's own record, with the headers ``wrk`` sends and each
+    user's own (already verified) token, against the same call with authentication off. Rotated
+    repetitions; (median us per call on, median us per call off)."""
+    on = Authenticator(KEYS_FILE)
+    on.load()
+    off = Authenticator(None, enabled=False)
+    scopes = [
+        {
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"authorization", f"Bearer {token(u)}".encode()),
+            ],
+            "path_params": {"user_id": str(u)},
+        }
+        for u in range(1, users + 1)
+    ]
+    for scope in scopes:  # the first request of each token verifies it, as in the warm-up
+        on.authorize(Access.OWN_RECORD, scope)
+    timings: dict[str, list[float]] = {"on": [], "off": []}
+    for rep in range(reps):
+        for name in ("on", "off") if rep % 2 == 0 else ("off", "on"):
+            authenticator = on if name == "on" else off
+            batch = (scopes * (calls // len(scopes) + 1))[:calls]
+            start = time.process_time()
+            for scope in batch:
+                authenticator.authorize(Access.OWN_RECORD, scope)
+            timings[name].append((time.process_time() - start) / calls * 1e6)
+    return median(timings["on"]), median(timings["off"])
