@@ -47,6 +47,8 @@ from contract.names import (
 from contract.prometheus_config import APP_METRICS_PATH, SCRAPE_ANNOTATIONS
 
 SERVICE_PORT = 80
+PUBLIC_PREFIX = "/api/"
+"""The only path the Ingresses route: the business routes (and the public health probe)."""
 LIVENESS_PATH = "/api/health"
 READINESS_PATH = "/api/health/advanced"
 
@@ -342,7 +344,9 @@ class App(pulumi.ComponentResource):
 def _ingress_spec(
     cfg: StackConfig, backend: pulumi.Input[str]
 ) -> k8s.networking.v1.IngressSpecArgs:
-    """All paths of the stack's host to the ``backend`` Service's http port."""
+    """The business routes (``/api/``) of the stack's host to the ``backend`` Service's http
+    port. ``/metrics``, ``/docs`` and ``/openapi.json`` lie outside ``/api/``: only Prometheus,
+    the probes and ``portalctl`` (through the API server's proxy) reach them, inside the cluster."""
     traffic = cfg.traffic
     tls = (
         [k8s.networking.v1.IngressTLSArgs(hosts=[traffic.host], secret_name=traffic.tls_secret)]
@@ -353,7 +357,9 @@ def _ingress_spec(
         name=backend, port=k8s.networking.v1.ServiceBackendPortArgs(name="http")
     )
     path = k8s.networking.v1.HTTPIngressPathArgs(
-        path="/", path_type="Prefix", backend=k8s.networking.v1.IngressBackendArgs(service=service)
+        path=PUBLIC_PREFIX,
+        path_type="Prefix",
+        backend=k8s.networking.v1.IngressBackendArgs(service=service),
     )
     rule = k8s.networking.v1.IngressRuleArgs(
         host=traffic.host, http=k8s.networking.v1.HTTPIngressRuleValueArgs(paths=[path])

@@ -466,7 +466,9 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{state["ports"]["nginx"]};
-    location / {{
+    # like the cluster's Ingress: the business routes only (/metrics and the docs stay private)
+    location / {{ return 404; }}
+    location /api/ {{
       proxy_pass http://portal;
       proxy_http_version 1.1;
       proxy_set_header Connection "";

@@ -145,6 +145,25 @@ def test_the_canary_ingress_splits_traffic_and_the_engine_owns_its_weight(run):
     assert any("canary-weight" in path for path in ingress.ignore_changes)
 
 
+def _prefix_routes(prefix: str, path: str) -> bool:
+    """Kubernetes ``Prefix`` matching: whole path elements."""
+    want, have = prefix.strip("/").split("/"), path.strip("/").split("/")
+    return have[: len(want)] == want
+
+
+def test_the_ingresses_route_only_the_business_routes(run):
+    """The public Ingress (and its canary) route ``/api/``: the API and its public health, not
+    the scrape endpoint or the API's docs."""
+    for name in ("portal", "portal-canary"):
+        (rule,) = run.get("Ingress", name).manifest()["spec"]["rules"]
+        paths = [(p["path"], p["pathType"]) for p in rule["http"]["paths"]]
+        assert paths == [("/api/", "Prefix")], (name, paths)
+        for routed in ("/api/users/7", "/api/plans", "/api/health", "/api/health/advanced"):
+            assert _prefix_routes(paths[0][0], routed), routed
+        for private in (prometheus_config.APP_METRICS_PATH, "/docs", "/openapi.json", "/apix"):
+            assert not _prefix_routes(paths[0][0], private), private
+
+
 def test_pulumi_never_fights_a_release_over_image_version_or_replicas(run):
     """The release engine sets the canary's image, version and replicas during a release and
     stable's image and version on promotion; the autoscaler sets stable's replicas."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -331,3 +332,21 @@ def test_scripted_rollback_returns_to_the_last_known_good_and_respects_contracts
     assert versions_of_stable(stack) == {"13.1.0"}  # refused: nothing changed
     engine.rollback(to="13.0.0", force=True)
     assert versions_of_stable(stack) == {"13.0.0"}
+
+
+def test_the_local_edge_routes_only_the_business_routes(local_state, stack):
+    """nginx stands for the cluster's Ingress: ``/api/`` reaches the instances, the scrape
+    endpoint and the API's docs do not (Prometheus scrapes the instances directly)."""
+    edge = local_state["nginx_url"]
+    admin = {"Authorization": f"Bearer {stack.credentials().admin}"}
+    with urllib.request.urlopen(f"{edge}/api/health", timeout=10) as r:
+        assert r.status == 200
+    for path in ("/metrics", "/docs", "/openapi.json", "/api"):
+        request = urllib.request.Request(f"{edge}{path}", headers=admin)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 404, path
+    _name, _track, instance = next(iter(app_instances(stack)))
+    request = urllib.request.Request(f"{instance}/metrics", headers=admin)
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200, "the instance itself still serves its metrics"
