@@ -178,17 +178,26 @@ async def test_concurrent_misses_of_one_key_compute_once(redis_url):
         settings_for("postgresql://unused@127.0.0.1/x", redis_url), Metrics("t", "stable")
     )
     calls = 0
+    everyone_missed = asyncio.Event()
 
     async def compute() -> bytes:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.05)
+        # the computation lasts until all ten have missed, however slow their Redis lookups
+        await everyone_missed.wait()
         return b"[]"
 
+    async def release() -> None:
+        while cache.misses < 10:
+            await asyncio.sleep(0.01)
+        everyone_missed.set()
+
     try:
-        results = await asyncio.gather(
-            *(cache.get_or_compute("plans:all", "long", compute) for _ in range(10))
-        )
+        async with asyncio.timeout(60):
+            *results, _ = await asyncio.gather(
+                *(cache.get_or_compute("plans:all", "long", compute) for _ in range(10)),
+                release(),
+            )
     finally:
         await cache.close()
     assert calls == 1 and all(v == b"[]" for v, _ in results)
