@@ -28,8 +28,10 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from contract.config import StackConfig, load_stack
+from contract.names import AUTH_KEYS, DATABASE_URL
 from rollout.k8s.api import http_auth, service_proxy
 from rollout.ledger import LedgerDoc
+from rollout.local.credentials import Credentials, StackAuth
 from rollout.local.load import LoadGenerator
 from rollout.prometheus import Prometheus
 from tests.cluster.conftest import (
@@ -227,13 +229,27 @@ class Running:
         return subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
 
 
-def seed(stack_objects: list[dict[str, Any]], core: Any, namespace: str, users: int) -> None:
-    """``python -m app seed`` against the stack's Postgres, from the host at the pod's IP."""
+def app_secret(stack_objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The keys of the stack's app Secret (``portal-env``) as rendered and applied."""
     secret = next(
-        o for o in stack_objects if o["kind"] == "Secret" and "PORTAL_DATABASE_URL" in o.get(
+        o for o in stack_objects if o["kind"] == "Secret" and DATABASE_URL in o.get(
             "stringData", {})
     )  # fmt: skip
-    url = secret["stringData"]["PORTAL_DATABASE_URL"]
+    return dict(secret["stringData"])
+
+
+def credentials(stack_objects: list[dict[str, Any]], workdir: Path, users: int) -> Credentials:
+    """Tokens of an operator (admin scope) and users 1..``users``, minted with the stack's key
+    set (its Secret's ``PORTAL_AUTH_KEYS``) as an operator mints them."""
+    auth = StackAuth(workdir)
+    auth.dir.mkdir(parents=True, exist_ok=True)
+    auth.keys_file.write_text(app_secret(stack_objects)[AUTH_KEYS])
+    return auth.credentials(users)
+
+
+def seed(stack_objects: list[dict[str, Any]], core: Any, namespace: str, users: int) -> None:
+    """``python -m app seed`` against the stack's Postgres, from the host at the pod's IP."""
+    url = app_secret(stack_objects)[DATABASE_URL]
     pod = core.read_namespaced_pod("postgres-0", namespace)
     dsn = url.replace("@postgres:", f"@{pod.status.pod_ip}:")
     subprocess.run(
@@ -280,7 +296,8 @@ def deploy_release_stack(
     role = readme_role(namespace)
     kubeconfig = bind(kube, control_plane, role, workdir / "portalctl.kubeconfig")
     ingress = IngressController(kube, namespace, workdir / "ingress").start()
-    load = LoadGenerator(ingress.url, rate_per_s=40).start()
+    tokens = credentials(objects, workdir, users=2000)
+    load = LoadGenerator(ingress.url, tokens, rate_per_s=40).start()
     stack = ReleaseStack(namespace, project, kubeconfig, kube, objects, ingress, load, role)
     # Prometheus scrapes the stable pods it discovered through the API
     prom = prometheus(kube, namespace)

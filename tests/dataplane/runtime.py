@@ -154,8 +154,14 @@ def command_of(container: Mapping[str, Any], image: Image, env: Mapping[str, str
 
 
 def _write_items(
-    target: Path, data: Mapping[str, str], items: list[dict[str, Any]] | None, mode: int
+    target: Path,
+    data: Mapping[str, str],
+    items: list[dict[str, Any]] | None,
+    mode: int,
+    group: int | None = None,
 ) -> None:
+    """The keys as files of ``mode``; with ``group`` (the pod's fsGroup) group-owned by it, as
+    the kubelet does, so a ``0440`` Secret file is readable by the pod's processes."""
     target.mkdir(parents=True, exist_ok=True)
     chosen = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
     for key, rel in chosen:
@@ -165,6 +171,8 @@ def _write_items(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(data[key])
         path.chmod(mode)
+        if group is not None:
+            os.chown(path, 0, group)
 
 
 @dataclass
@@ -208,7 +216,7 @@ class Volumes:
                             f"volume {name}: {kind} {ns}/{ref_name} not found"
                         ) from None
                     data = {}
-                _write_items(path, data, ref.get("items"), ref.get("defaultMode", 0o644))
+                _write_items(path, data, ref.get("items"), ref.get("defaultMode", 0o644), owner[1])
             elif "projected" in volume:
                 for source in volume["projected"]["sources"]:
                     if "serviceAccountToken" in source:
