@@ -30,7 +30,7 @@ RULES_FILE = "alerts.yml"
 
 
 APP_METRICS_PATH = "/metrics"
-SCRAPE_TOKEN_DIR = "/etc/prometheus-scrape"  # noqa: S105 - a directory
+SCRAPE_TOKEN_DIR = "/var/run/secrets/prometheus-scrape"  # noqa: S105 - a directory
 """Where the Prometheus pod mounts the scrape Secret; it presents the token in it to the app."""
 SCRAPE_ANNOTATIONS = {
     "scrape": "prometheus.io/scrape",

@@ -40,7 +40,7 @@ def test_the_generated_prometheus_config_passes_promtool(tmp_path, configs):
                 job["static_configs"] = [{"targets": ["portal-stable:8000"]}]
                 assert job["authorization"] == {
                     "type": "Bearer",
-                    "credentials_file": "/etc/prometheus-scrape/token",
+                    "credentials_file": "/var/run/secrets/prometheus-scrape/token",
                 }, "the app's /metrics is not public: Prometheus presents the scrape token"
                 job["authorization"]["credentials_file"] = str(token)
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(conf))
