@@ -177,8 +177,14 @@ class ReleaseStack:
         argv = [*PORTALCTL, *args]
         if args[0] in ("release", "rollback", "runbook"):
             argv += ["--stack", STACK, "--project-dir", str(self.project)]
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+        proc = subprocess.Popen(  # no terminal: a prompt's answer is no
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
         )
         return Running(proc, argv)
 
