@@ -287,6 +287,5 @@ def release_stack(
     try:
         yield stack
     finally:
-        stack.load.stop()
-        stack.ingress.stop()
+        stack.stop()
         data_plane.disable(RELEASE_NAMESPACE)

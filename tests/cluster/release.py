@@ -4,9 +4,11 @@ RBAC.
 ``deploy_release_stack`` renders staging with a namespace of its own, 1 s scrapes and short
 canary windows into a project directory, enables the data plane there, applies the objects,
 waits until every workload is available (the app, Postgres, Redis, Prometheus and the
-Pushgateway as real processes), seeds the database and starts steady load through the ingress
-controller. ``ReleaseStack.portalctl`` runs the CLI as a user would, with a kubeconfig whose
-token belongs to a ServiceAccount bound to the Role the README documents.
+Pushgateway as real processes), then ``serve_release_stack`` seeds the database and starts steady
+load through the ingress controller (``tests/pulumi/test_release_after_up.py`` calls it on a
+stack ``pulumi up`` deployed, with ``fast_values`` in its stack file). ``ReleaseStack.portalctl``
+runs the CLI as a user would, with a kubeconfig whose token belongs to a ServiceAccount bound to
+the Role the README documents.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ FAST: dict[str, Any] = {
     "onInsufficientData": {"limit": "10s", "then": "fail"},
     "onProviderError": {"limit": "6s", "then": "abort"},
 }
+
+
+def fast_values() -> dict[str, Any]:
+    """The ``portal:`` keys of staging's stack file a release stack replaces: 1 s scrapes, the
+    ``FAST`` canary windows, a migration Job that is not retried."""
+    return {
+        "observability": {**stack_values(STACK, "observability"), "scrapeInterval": "1s"},
+        "canary": {**stack_values(STACK, "canary"), **FAST},
+        "migrations": {"backoffLimit": 0},
+    }
 
 
 def readme_role(namespace: str) -> dict[str, Any]:
@@ -140,7 +152,6 @@ class ReleaseStack:
     project: Path
     kubeconfig: Path
     kube: client.ApiClient
-    objects: list[dict[str, Any]]
     ingress: IngressController
     load: LoadGenerator
     role: dict[str, Any]
@@ -156,6 +167,11 @@ class ReleaseStack:
 
     def config(self) -> StackConfig:
         return load_stack(STACK, self.project)
+
+    def stop(self) -> None:
+        """The load and the ingress controller stopped (the stack itself stays)."""
+        self.load.stop()
+        self.ingress.stop()
 
     def set_canary(self, **overrides: Any) -> None:
         """``portal:canary`` of the project's stack file: the fast windows plus ``overrides``."""
@@ -235,29 +251,27 @@ class Running:
         return subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
 
 
-def app_secret(stack_objects: list[dict[str, Any]]) -> dict[str, str]:
-    """The keys of the stack's app Secret (``portal-env``) as rendered and applied."""
-    secret = next(
-        o for o in stack_objects if o["kind"] == "Secret" and DATABASE_URL in o.get(
-            "stringData", {})
-    )  # fmt: skip
-    return dict(secret["stringData"])
+def app_secret(kube: client.ApiClient, cfg: StackConfig) -> dict[str, str]:
+    """The keys of the stack's app Secret (``portal-env``) as the cluster holds them (applied
+    from the render, or made by ``pulumi up`` with its generated values)."""
+    secret = client.CoreV1Api(kube).read_namespaced_secret(cfg.names.app_secret, cfg.namespace)
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
 
 
-def credentials(stack_objects: list[dict[str, Any]], workdir: Path, users: int) -> Credentials:
+def credentials(kube: client.ApiClient, cfg: StackConfig, workdir: Path, users: int) -> Credentials:
     """Tokens of an operator (admin scope) and users 1..``users``, minted with the stack's key
     set (its Secret's ``PORTAL_AUTH_KEYS``) as an operator mints them."""
     auth = StackAuth(workdir)
     auth.dir.mkdir(parents=True, exist_ok=True)
-    auth.keys_file.write_text(app_secret(stack_objects)[AUTH_KEYS])
+    auth.keys_file.write_text(app_secret(kube, cfg)[AUTH_KEYS])
     return auth.credentials(users)
 
 
-def seed(stack_objects: list[dict[str, Any]], core: Any, namespace: str, users: int) -> None:
+def seed(kube: client.ApiClient, cfg: StackConfig, users: int) -> None:
     """``python -m app seed`` against the stack's Postgres, from the host at the pod's IP."""
-    url = app_secret(stack_objects)[DATABASE_URL]
-    pod = core.read_namespaced_pod("postgres-0", namespace)
-    dsn = url.replace("@postgres:", f"@{pod.status.pod_ip}:")
+    url = app_secret(kube, cfg)[DATABASE_URL]
+    pod = client.CoreV1Api(kube).read_namespaced_pod(f"{cfg.names.postgres}-0", cfg.namespace)
+    dsn = url.replace(f"@{cfg.names.postgres}:", f"@{pod.status.pod_ip}:")
     subprocess.run(
         [sys.executable, "-m", "app", "seed", "--users", str(users)],
         cwd=REPO,
@@ -276,16 +290,7 @@ def deploy_release_stack(
     namespace: str,
     workdir: Path,
 ) -> ReleaseStack:
-    observability = {**stack_values(STACK, "observability"), "scrapeInterval": "1s"}
-    migrations = {"backoffLimit": 0}
-    project = stack_project(
-        workdir / "project",
-        STACK,
-        namespace=namespace,
-        observability=observability,
-        canary={**stack_values(STACK, "canary"), **FAST},
-        migrations=migrations,
-    )
+    project = stack_project(workdir / "project", STACK, namespace=namespace, **fast_values())
     objects = render(STACK, workdir / "manifests", project)
     data_plane.enable(namespace)
     # as `pulumi up` orders them (the Job depends on Postgres being ready): the workloads, then
@@ -297,20 +302,34 @@ def deploy_release_stack(
     for job in jobs:
         server_side_apply(dynamic, job)
     wait_converged(kube, jobs, namespace)
-    core = client.CoreV1Api(kube)
-    seed(objects, core, namespace, users=2000)
+    return serve_release_stack(kube, control_plane, project, workdir)
+
+
+def serve_release_stack(
+    kube: client.ApiClient, control_plane: Any, project: Path, workdir: Path
+) -> ReleaseStack:
+    """Staging of ``project``, up with its pods served by the data plane, made ready for
+    releases: seeded, the README's Role bound for ``portalctl``, steady load through the ingress
+    controller, and Prometheus scraping the stable pods' requests."""
+    cfg = load_stack(STACK, project)
+    namespace = cfg.namespace
+    seed(kube, cfg, users=2000)
     role = readme_role(namespace)
     kubeconfig = bind(kube, control_plane, role, workdir / "portalctl.kubeconfig")
     ingress = IngressController(kube, namespace, workdir / "ingress").start()
-    tokens = credentials(objects, workdir, users=2000)
+    tokens = credentials(kube, cfg, workdir, users=2000)
     load = LoadGenerator(ingress.url, tokens, rate_per_s=40).start()
-    stack = ReleaseStack(namespace, project, kubeconfig, kube, objects, ingress, load, role)
-    # Prometheus scrapes the stable pods it discovered through the API
-    prom = prometheus(kube, namespace)
-    wait_for(
-        "Prometheus scraping the stable pods' requests",
-        lambda: (prom.value("sum(http_requests_total{track='stable'})") or 0) > 0,
-    )
+    stack = ReleaseStack(namespace, project, kubeconfig, kube, ingress, load, role)
+    try:
+        # Prometheus scrapes the stable pods it discovered through the API
+        prom = prometheus(kube, namespace)
+        wait_for(
+            "Prometheus scraping the stable pods' requests",
+            lambda: (prom.value("sum(http_requests_total{track='stable'})") or 0) > 0,
+        )
+    except BaseException:
+        stack.stop()
+        raise
     return stack
 
 

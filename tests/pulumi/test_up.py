@@ -17,25 +17,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from contract.config import StackConfig, load_stack, stack_file
+from contract.config import StackConfig
 from contract.labels import CANARY_WEIGHT_ANNOTATION as WEIGHT
 from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine
 from rollout.k8s import kubernetes_target
@@ -45,104 +41,17 @@ from rollout.ports import ReleaseSpec, Target
 from rollout.telemetry import PrometheusTelemetry
 from tests.cluster.conftest import NotYet, remove_previous, wait_for
 from tests.conftest import REPO
-from tests.pulumi.conftest import toolchain_script
+from tests.pulumi.stacks import Stack, created, managed, project_stack
 
 STACKS = ("staging", "prod")
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 SKIP_AWAIT = "pulumi.com/skipAwait"
 
 
-@dataclass
-class Stack:
-    """One stack of the project, in a copy of its own, run with the real CLI."""
-
-    name: str
-    project: Path
-    state: Path
-    env: dict[str, str]
-    pulumi: Path
-    runs: dict[str, float] = field(default_factory=dict)
-    """Seconds each operation took (the last run of each)."""
-    up: subprocess.CompletedProcess[str] | None = None
-
-    @property
-    def file(self) -> Path:
-        return Path(stack_file(self.name, self.project))
-
-    @property
-    def cfg(self) -> StackConfig:
-        return load_stack(self.name, self.project)
-
-    def op(
-        self, operation: str, *extra: str, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """``scripts/stack.py OPERATION --stack NAME`` (the README's command) on this copy."""
-        argv = [sys.executable, str(REPO / "scripts" / "stack.py"), operation]
-        argv += ["--stack", self.name, "--dir", str(self.project), "--state", str(self.state)]
-        started = time.monotonic()
-        proc = subprocess.run(
-            [*argv, *extra],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        self.runs[operation] = time.monotonic() - started
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{operation} of {self.name} exited {proc.returncode}:\n"
-                f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-            )
-        return proc
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """The real ``pulumi`` CLI in the project folder (no program needed)."""
-        proc = subprocess.run(
-            [str(self.pulumi), *args, "--stack", self.name, "--non-interactive"],
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, f"pulumi {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
-        return proc
-
-    def outputs(self, show_secrets: bool = False) -> dict[str, Any]:
-        args = ["stack", "output", "--json", *(["--show-secrets"] if show_secrets else [])]
-        result: dict[str, Any] = json.loads(self.cli(*args).stdout)
-        return result
-
-    def resources(self) -> list[dict[str, Any]]:
-        exported = json.loads(self.cli("stack", "export", "--show-secrets").stdout)
-        result: list[dict[str, Any]] = exported["deployment"].get("resources") or []
-        return result
-
-    def edit(self, change: Any) -> None:
-        """Change the copy's ``Pulumi.<stack>.yaml`` (``change`` edits its ``config`` mapping)."""
-        doc = yaml.safe_load(self.file.read_text())
-        change(doc["config"])
-        self.file.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
 def plaintext(value: Any) -> str:
     """A secret output of ``pulumi stack export --show-secrets``: the decrypted envelope."""
     assert isinstance(value, dict) and "plaintext" in value, value
     return str(json.loads(value["plaintext"]))
-
-
-def managed(stack: Stack) -> int:
-    """Resources in the stack's state, its default providers left out (as the engine counts)."""
-    return sum(not r["type"].startswith("pulumi:providers:") for r in stack.resources())
-
-
-def created(proc: subprocess.CompletedProcess[str]) -> int:
-    found = re.search(r"\+ (\d+) created", proc.stdout)
-    assert found, proc.stdout[-3000:]
-    return int(found.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -155,16 +64,7 @@ def stacks(
     result: dict[str, Stack] = {}
     for name in STACKS:
         root = tmp_path_factory.mktemp(f"pulumi-{name}")
-        project = root / "project"
-        project.mkdir()
-        for file in ("Pulumi.yaml", f"Pulumi.{name}.yaml", "__main__.py"):
-            shutil.copy(REPO / file, project / file)
-        env = toolchain_script().offline_env(
-            pulumi_toolchain, root / "state", secrets.token_hex(16)
-        )
-        env["KUBECONFIG"] = str(control_plane.kubeconfig)
-        env["PYTHONPATH"] = str(REPO)  # the program's components
-        stack = Stack(name, project, root / "state", env, pulumi_toolchain.pulumi)
+        stack = project_stack(name, root, control_plane, pulumi_toolchain)
         remove_previous(core, stack.cfg.namespace, name)
         stack.op("volumes")
         stack.up = stack.op("up")
