@@ -9,7 +9,8 @@ PersistentVolume per claim, as the README has an operator of such a cluster do. 
 engine's part runs in this process through the Kubernetes target the way ``portalctl release``
 drives it, with no gate reading a pod and its release events pushed to a Pushgateway on loopback
 instead of the one in the cluster: nothing listens at kwok's pod addresses here, and a request
-there (the API server's proxy to a pod) would leave the machine.
+there (the API server's proxy to a pod) would leave the machine. Releases through real gates,
+on a stack whose pods the data plane runs as real processes, are ``test_release_after_up.py``.
 """
 
 from __future__ import annotations
