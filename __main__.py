@@ -16,6 +16,7 @@ from components import kube
 from components.app import App, AppArgs
 from components.app_env import AppEnv, AppEnvArgs
 from components.migrations import Migration, MigrationArgs
+from components.network import Network, NetworkArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import Postgres, PostgresArgs
 from components.redis import Redis, RedisArgs
@@ -28,6 +29,7 @@ from contract.config import (
     parse_config,
 )
 from contract.labels import standard_labels
+from contract.names import PG_APP, PG_MIGRATOR
 
 
 def stack_values() -> dict[str, Any]:
@@ -78,6 +80,7 @@ namespace_resource = k8s.core.v1.Namespace(
 )
 namespace = namespace_resource.metadata.name
 
+network = Network("network", NetworkArgs(cfg, namespace))
 postgres = Postgres("postgres", PostgresArgs(cfg, namespace))
 redis = Redis("redis", RedisArgs(cfg, namespace))
 observability = Observability("observability", ObservabilityArgs(cfg, namespace))
@@ -87,7 +90,7 @@ app_env = AppEnv(
         cfg,
         namespace,
         postgres.host,
-        postgres.password,
+        postgres.role_passwords[PG_APP],
         redis.host,
         redis.password,
         observability.scrape_token,
@@ -99,10 +102,9 @@ migration = Migration(
     MigrationArgs(
         cfg,
         namespace,
-        app_env.secret_name,
-        postgres.secret_name,
+        postgres.role_passwords[PG_MIGRATOR],
         postgres.host,
-        database=postgres.statefulset,
+        database=postgres.roles_job,
     ),
 )
 app = App(
@@ -111,6 +113,7 @@ app = App(
         cfg,
         namespace,
         app_env.secret_name,
+        app_env.keys,
         observability.otlp_endpoint,
         migration=migration.job,
     ),

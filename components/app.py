@@ -22,7 +22,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import kube
-from contract import ports
+from contract import ports, security
 from contract.config import StackConfig
 from contract.labels import (
     API,
@@ -36,14 +36,7 @@ from contract.labels import (
     standard_labels,
 )
 from contract.migration import APP_COMMAND
-from contract.names import (
-    AUTH_KEYS,
-    DATABASE_URL,
-    METRICS_TOKEN,
-    REDIS_URL,
-    SECRETS_DIR,
-    SENTRY_DSN,
-)
+from contract.names import SECRETS_DIR
 from contract.prometheus_config import APP_METRICS_PATH, SCRAPE_ANNOTATIONS
 
 SERVICE_PORT = 80
@@ -82,6 +75,8 @@ class AppArgs:
     """Namespace to deploy into (the Namespace resource's name output)."""
     env_secret: pulumi.Input[str]
     """Name of the ``portal-env`` Secret."""
+    env_keys: tuple[str, ...]
+    """Its keys: each is a file in ``SECRETS_DIR`` that ``<KEY>_FILE`` names."""
     otlp_endpoint: pulumi.Input[str]
     """OTLP/HTTP endpoint of the trace collector (Jaeger)."""
     migration: pulumi.Resource
@@ -119,9 +114,11 @@ class App(pulumi.ComponentResource):
             opts=child,
         )
         after_migration = pulumi.ResourceOptions(parent=self, depends_on=[args.migration])
+        # The release engine sets the image of a release (portalctl release start --image).
+        skips = security.skips(security.unpinned(cfg.app.stable_image)) or None
         self.stable = k8s.apps.v1.Deployment(
             f"{name}-stable",
-            metadata=kube.metadata(names.stable, args.namespace, labels),
+            metadata=kube.metadata(names.stable, args.namespace, labels, skips),
             spec=self._deployment_spec(args, "stable", cfg.app.replicas),
             opts=pulumi.ResourceOptions.merge(
                 after_migration, pulumi.ResourceOptions(ignore_changes=list(STABLE_IGNORED))
@@ -129,7 +126,7 @@ class App(pulumi.ComponentResource):
         )
         self.canary = k8s.apps.v1.Deployment(
             f"{name}-canary",
-            metadata=kube.metadata(names.canary, args.namespace, labels),
+            metadata=kube.metadata(names.canary, args.namespace, labels, skips),
             # No canary pods until a release starts; then the engine sets image and replicas.
             spec=self._deployment_spec(args, "canary", 0),
             opts=pulumi.ResourceOptions.merge(
@@ -262,22 +259,7 @@ class App(pulumi.ComponentResource):
                         )
                     ],
                     containers=[self._container(args, track)],
-                    volumes=[
-                        kube.empty_dir("tmp"),
-                        # The token keys and the scrape token, as files (the service re-reads
-                        # them when the Secret changes).
-                        k8s.core.v1.VolumeArgs(
-                            name="secrets",
-                            secret=k8s.core.v1.SecretVolumeSourceArgs(
-                                secret_name=args.env_secret,
-                                items=[
-                                    k8s.core.v1.KeyToPathArgs(key=key, path=key)
-                                    for key in (AUTH_KEYS, METRICS_TOKEN)
-                                ],
-                                default_mode=0o440,
-                            ),
-                        ),
-                    ],
+                    volumes=[kube.empty_dir("tmp"), kube.secret_volume("env", args.env_secret)],
                 ),
             ),
         )
@@ -286,7 +268,6 @@ class App(pulumi.ComponentResource):
     def _container(args: AppArgs, track: Track) -> k8s.core.v1.ContainerArgs:
         cfg = args.config
         app = cfg.app
-        secret = args.env_secret
         env = [
             k8s.core.v1.EnvVarArgs(
                 name="PORTAL_VERSION",
@@ -313,16 +294,13 @@ class App(pulumi.ComponentResource):
                 f"deployment.environment={cfg.environment},service.version=$(PORTAL_VERSION),"
                 f"portal.track={track}",
             ),
-            kube.env_from_secret(DATABASE_URL, secret, DATABASE_URL),
-            kube.env_from_secret(REDIS_URL, secret, REDIS_URL),
-            kube.env(f"{AUTH_KEYS}_FILE", f"{SECRETS_DIR}/{AUTH_KEYS}"),
-            kube.env(f"{METRICS_TOKEN}_FILE", f"{SECRETS_DIR}/{METRICS_TOKEN}"),
+            # The Secret's keys are files; the service reads <KEY>_FILE.
+            *(kube.env(f"{key}_FILE", f"{SECRETS_DIR}/{key}") for key in args.env_keys),
         ]
-        if cfg.sentry_enabled:
-            env.append(kube.env_from_secret(SENTRY_DSN, secret, SENTRY_DSN))
         return k8s.core.v1.ContainerArgs(
             name=cfg.names.container,
             image=app.stable_image,
+            image_pull_policy=kube.pull_policy(app.stable_image),
             command=list(APP_COMMAND),
             args=["serve", "--host", "0.0.0.0", "--port", str(app.port)],  # noqa: S104 - in a pod
             ports=[kube.port("http", app.port)],
@@ -336,7 +314,7 @@ class App(pulumi.ComponentResource):
             security_context=kube.container_security(),
             volume_mounts=[
                 kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir
-                kube.mount("secrets", SECRETS_DIR, read_only=True),
+                kube.mount("env", SECRETS_DIR, read_only=True),
             ],
         )
 

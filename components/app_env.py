@@ -1,7 +1,8 @@
-"""The Secret the app and the migration Job read their credentials from (``portal-env``):
-the database and Redis URLs built from the generated passwords, the key set the API's tokens are
-signed with (one generated key per id of ``portal:app.authKeyIds``), the token Prometheus scrapes
-with, and the Sentry DSN when the stack sets one."""
+"""The Secret the app reads its credentials from (``portal-env``, as files): the database URL of
+the ``portal_app`` role and the Redis URL of the ``portal_app`` ACL user, built from the generated
+passwords, the key set the API's tokens are signed with (one generated key per id of
+``portal:app.authKeyIds``), the token Prometheus scrapes with, and the Sentry DSN when the stack
+sets one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from components import kube
 from contract import ports
 from contract.config import StackConfig
 from contract.labels import API, standard_labels
-from contract.names import AUTH_KEYS, DATABASE_URL, METRICS_TOKEN, REDIS_URL, SENTRY_DSN
+from contract.names import (
+    AUTH_KEYS,
+    DATABASE_URL,
+    METRICS_TOKEN,
+    PG_APP,
+    REDIS_APP_USER,
+    REDIS_URL,
+    SENTRY_DSN,
+)
 
 
 @dataclass(frozen=True)
@@ -28,11 +37,11 @@ class AppEnvArgs:
     postgres_host: pulumi.Input[str]
     """The Postgres Service name."""
     postgres_password: pulumi.Input[str]
-    """The generated Postgres password (secret)."""
+    """The generated password of the ``portal_app`` role (secret)."""
     redis_host: pulumi.Input[str]
     """The Redis Service name."""
     redis_password: pulumi.Input[str]
-    """The generated Redis password (secret)."""
+    """The generated password of the ``portal_app`` Redis user (secret)."""
     scrape_token: pulumi.Input[str]
     """The token Prometheus presents on ``/metrics`` (secret)."""
     sentry_dsn: pulumi.Input[str] | None = None
@@ -76,7 +85,7 @@ class AppEnv(pulumi.ComponentResource):
         database_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.format(
                 "postgresql://{0}:{1}@{2}:{3}/{4}",
-                cfg.postgres.user,
+                PG_APP,
                 args.postgres_password,
                 args.postgres_host,
                 ports.POSTGRES,
@@ -85,7 +94,11 @@ class AppEnv(pulumi.ComponentResource):
         )
         redis_url: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.format(
-                "redis://:{0}@{1}:{2}/0", args.redis_password, args.redis_host, ports.REDIS
+                "redis://{0}:{1}@{2}:{3}/0",
+                REDIS_APP_USER,
+                args.redis_password,
+                args.redis_host,
+                ports.REDIS,
             )
         )
         data: dict[str, pulumi.Input[str]] = {

@@ -15,14 +15,23 @@ import pulumi_kubernetes as k8s
 
 from contract import security
 from contract.config import Resources, container_resources
+from contract.config.types import split_image
 
 SIDECAR_RESOURCES = container_resources("50m", "64Mi", "250m", "128Mi")
 """Requests and limits of the exporters, kube-state-metrics and the Pushgateway."""
 
 
 def image_tag(image: str) -> str:
-    """The tag of an image pinned by tag (``repo:tag``)."""
-    return image.rsplit(":", 1)[1]
+    """The version label of an image: its tag, else the start of its digest
+    (``sha256-0123456789ab``)."""
+    _, tag, digest = split_image(image)
+    if tag:
+        return tag
+    return (digest or "unknown").replace(":", "-")[:19]
+
+
+def pull_policy(image: str) -> str:
+    return security.pull_policy(image)
 
 
 def metadata(
@@ -138,29 +147,16 @@ def mount(name: str, path: str, read_only: bool = False) -> k8s.core.v1.VolumeMo
     return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only or None)
 
 
-def ingress_from(
-    sources: Sequence[Mapping[str, str]], ports: Sequence[int]
-) -> k8s.networking.v1.NetworkPolicyIngressRuleArgs:
-    """Allow pods matching any of ``sources`` (same namespace) to reach ``ports``."""
-    return k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-        from_=[
-            k8s.networking.v1.NetworkPolicyPeerArgs(
-                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(s))
-            )
-            for s in sources
-        ],
-        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=p, protocol="TCP") for p in ports],
-    )
-
-
-def admit(
-    match: Mapping[str, str], *rules: k8s.networking.v1.NetworkPolicyIngressRuleArgs
-) -> k8s.networking.v1.NetworkPolicySpecArgs:
-    """A NetworkPolicy of the pods matching ``match`` that lets in only what ``rules`` allow."""
-    return k8s.networking.v1.NetworkPolicySpecArgs(
-        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(match)),
-        policy_types=["Ingress"],
-        ingress=list(rules),
+def secret_volume(
+    name: str, secret: pulumi.Input[str], keys: Sequence[str] | None = None
+) -> k8s.core.v1.VolumeArgs:
+    """A Secret's keys as files readable by the pod's group (``fsGroup``) only."""
+    items = [k8s.core.v1.KeyToPathArgs(key=k, path=k) for k in keys] if keys else None
+    return k8s.core.v1.VolumeArgs(
+        name=name,
+        secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name=secret, items=items, default_mode=0o440
+        ),
     )
 
 
@@ -171,17 +167,20 @@ def exporter(
     env: Sequence[k8s.core.v1.EnvVarArgs],
     health_path: str,
     uid: int,
+    mounts: Sequence[k8s.core.v1.VolumeMountArgs] = (),
 ) -> k8s.core.v1.ContainerArgs:
     """A Prometheus exporter sidecar on its ``metrics`` port."""
     return k8s.core.v1.ContainerArgs(
         name=name,
         image=image,
+        image_pull_policy=pull_policy(image),
         ports=[port("metrics", number)],
         env=list(env),
         resources=resources(SIDECAR_RESOURCES),
         readiness_probe=http_probe(health_path, "metrics"),
         liveness_probe=http_probe(health_path, "metrics", period=20, failures=6),
         security_context=container_security(uid),
+        volume_mounts=list(mounts) or None,
     )
 
 

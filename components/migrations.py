@@ -1,9 +1,10 @@
 """The migration Job of the version the stack is created at, as ``contract.migration`` builds it
-(``portalctl`` builds each release's Job with the same function): created once Postgres is ready
-and before the app Deployments exist (they depend on this Job; Pulumi waits for it to complete).
-Later versions' migrations run as the Jobs ``portalctl release`` creates, so the version-bound
-fields of this one are left out of Pulumi's diffs: a promotion rewrites ``portal:app.version``
-and the next ``pulumi up`` neither replaces nor reruns this Job."""
+(``portalctl`` builds each release's Job with the same function): created once the database's
+roles exist and before the app Deployments exist (they depend on this Job; Pulumi waits for it to
+complete). It runs as ``portal_migrator``, whose database URL and password the ``portal-migrate``
+Secret holds (as files). Later versions' migrations run as the Jobs ``portalctl release`` creates,
+so the version-bound fields of this one are left out of Pulumi's diffs: a promotion rewrites
+``portal:app.version`` and the next ``pulumi up`` neither replaces nor reruns this Job."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import kube
+from contract import ports
 from contract.config import StackConfig
-from contract.labels import PULUMI, VERSION
-from contract.migration import migration_job
+from contract.labels import MIGRATION, PULUMI, VERSION, standard_labels
+from contract.migration import MIGRATOR_PASSWORD_KEY, migration_job
+from contract.names import DATABASE_URL, PG_MIGRATOR
 
 JOB_IGNORED = ("metadata.name", f'metadata.labels["{VERSION}"]', "spec.template")
 """The Job's fields bound to the version it migrated to (its pod template is immutable anyway)."""
@@ -27,14 +30,12 @@ class MigrationArgs:
     """The validated stack config."""
     namespace: pulumi.Input[str]
     """Namespace to deploy into (the Namespace resource's name output)."""
-    env_secret: pulumi.Input[str]
-    """Name of the Secret holding PORTAL_DATABASE_URL (``portal-env``)."""
-    postgres_secret: pulumi.Input[str]
-    """Name of the Postgres Secret (user and password for the backup's pg_dump)."""
+    migrator_password: pulumi.Input[str]
+    """The generated password of ``portal_migrator`` (secret)."""
     postgres_host: pulumi.Input[str]
     """The Postgres Service name."""
     database: pulumi.Resource
-    """The Postgres workload: the Job is created only once it is ready."""
+    """What must be done first: the Job that creates the roles (after Postgres is ready)."""
 
 
 class Migration(pulumi.ComponentResource):
@@ -42,25 +43,51 @@ class Migration(pulumi.ComponentResource):
 
     job: k8s.batch.v1.Job
     job_name: pulumi.Output[str]
+    secret: k8s.core.v1.Secret
 
     def __init__(
         self, name: str, args: MigrationArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("portal:migrations:Migration", name, None, opts)
         cfg = args.config
+        url: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.format(
+                "postgresql://{0}:{1}@{2}:{3}/{4}",
+                PG_MIGRATOR,
+                args.migrator_password,
+                args.postgres_host,
+                ports.POSTGRES,
+                cfg.postgres.database,
+            )
+        )
+        self.secret = k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=kube.metadata(
+                cfg.names.migrate_secret,
+                args.namespace,
+                standard_labels(cfg, cfg.names.app, MIGRATION, cfg.app.version),
+            ),
+            type="Opaque",
+            string_data={
+                DATABASE_URL: url,
+                MIGRATOR_PASSWORD_KEY: pulumi.Output.secret(args.migrator_password),
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         body = migration_job(
             cfg,
             cfg.app.version,
             cfg.app.stable_image,
             managed_by=PULUMI,
-            app_secret=args.env_secret,
-            postgres_secret=args.postgres_secret,
+            migrate_secret=self.secret.metadata.name,
             postgres_host=args.postgres_host,
         )
         meta = body["metadata"]
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
-            metadata=kube.metadata(meta["name"], args.namespace, meta["labels"]),
+            metadata=kube.metadata(
+                meta["name"], args.namespace, meta["labels"], meta.get("annotations")
+            ),
             spec=body["spec"],
             # The pod template of a Job is immutable: a change replaces the Job, and with a
             # fixed name the old one has to go first.

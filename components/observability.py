@@ -21,7 +21,7 @@ import yaml
 
 from components import dashboards, kube
 from components import observability_pods as pods
-from contract import alerts, ports, prometheus_config
+from contract import alerts, ports, prometheus_config, security
 from contract.config import StackConfig
 from contract.labels import (
     CLUSTER_METRICS,
@@ -35,7 +35,8 @@ from contract.labels import (
 from contract.names import SCRAPE_TOKEN_KEY
 
 PROMETHEUS_UID = 65534
-GRAFANA_UID = 472
+GRAFANA_UID = 10472
+"""Any uid runs the official image; a high one stays clear of the node's users."""
 JAEGER_UID = 10001
 NOBODY = 65534
 
@@ -145,11 +146,13 @@ class Observability(pulumi.ComponentResource):
         *,
         recreate: bool = True,
         annotations: dict[str, str] | None = None,
+        skips: dict[str, str] | None = None,
     ) -> None:
-        """One pod of ``pod``; ``recreate``: the old one goes before the new one starts."""
+        """One pod of ``pod``; ``recreate``: the old one goes before the new one starts;
+        ``skips``: the scanner findings accepted for it."""
         k8s.apps.v1.Deployment(
             f"{self._name}-{role}",
-            metadata=kube.metadata(name, self._ns, labels),
+            metadata=kube.metadata(name, self._ns, labels, skips or None),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if recreate else None,
@@ -249,9 +252,10 @@ class Observability(pulumi.ComponentResource):
             match,
             [kube.service_port("web", names.prometheus_port, "web")],
         )
+        skips = security.skips(security.API_READER, security.unpinned(obs.prometheus_image))
         k8s.apps.v1.StatefulSet(
             f"{self._name}-prometheus",
-            metadata=kube.metadata(names.prometheus, self._ns, labels),
+            metadata=kube.metadata(names.prometheus, self._ns, labels, skips),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 replicas=1,
                 service_name=service,
@@ -300,7 +304,14 @@ class Observability(pulumi.ComponentResource):
         labels = self._labels(names.pushgateway, RELEASE_EVENTS, image)
         match = selector(names.pushgateway, RELEASE_EVENTS)
         pod = kube.single_pod(NOBODY, [pods.pushgateway(cfg)], [kube.empty_dir("data")])
-        self._deployment("pushgateway", names.pushgateway, labels, match, pod)
+        self._deployment(
+            "pushgateway",
+            names.pushgateway,
+            labels,
+            match,
+            pod,
+            skips=security.skips(security.unpinned(image)),
+        )
         return self._service(
             "pushgateway",
             names.pushgateway,
@@ -337,7 +348,13 @@ class Observability(pulumi.ComponentResource):
         )
         pod = kube.single_pod(NOBODY, [pods.kube_state_metrics(cfg)], account=account)
         self._deployment(
-            "kube-state-metrics", names.kube_state_metrics, labels, match, pod, recreate=False
+            "kube-state-metrics",
+            names.kube_state_metrics,
+            labels,
+            match,
+            pod,
+            recreate=False,
+            skips=security.skips(security.API_READER, security.unpinned(image)),
         )
         port = ports.KUBE_STATE_METRICS
         return self._service(
@@ -357,7 +374,14 @@ class Observability(pulumi.ComponentResource):
         labels = self._labels(names.jaeger, TRACING, obs.jaeger_image)
         match = selector(names.jaeger, TRACING)
         pod = kube.single_pod(JAEGER_UID, [pods.jaeger(cfg)], [kube.empty_dir("tmp")])
-        self._deployment("jaeger", names.jaeger, labels, match, pod)
+        self._deployment(
+            "jaeger",
+            names.jaeger,
+            labels,
+            match,
+            pod,
+            skips=security.skips(security.unpinned(obs.jaeger_image)),
+        )
         service = self._service(
             "jaeger",
             names.jaeger,
@@ -417,8 +441,9 @@ class Observability(pulumi.ComponentResource):
         secret_name = secret.metadata.name
         pod = kube.single_pod(
             GRAFANA_UID,
-            [pods.grafana(cfg, secret_name)],
+            [pods.grafana(cfg, GRAFANA_ADMIN_USER)],
             [
+                kube.secret_volume("admin", secret_name, [pods.PASSWORD_KEY]),
                 pods.grafana_provisioning(provisioning.metadata.name),
                 kube.config_map_volume("dashboards", dashboard_map.metadata.name),
                 kube.empty_dir("data", "1Gi"),
@@ -430,7 +455,13 @@ class Observability(pulumi.ComponentResource):
             json.dumps(dashboard_files, sort_keys=True),
         )
         self._deployment(
-            "grafana", names.grafana, labels, match, pod, annotations={"checksum/config": config}
+            "grafana",
+            names.grafana,
+            labels,
+            match,
+            pod,
+            annotations={"checksum/config": config},
+            skips=security.skips(security.unpinned(obs.grafana_image)),
         )
         service = self._service(
             "grafana",

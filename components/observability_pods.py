@@ -21,6 +21,7 @@ KSM_RESOURCES = ("deployments", "jobs", "pods", "replicasets", "statefulsets")
 
 PASSWORD_KEY = "admin-password"  # noqa: S105 - a key name
 USER_KEY = "admin-user"
+GRAFANA_ADMIN_DIR = "/etc/grafana/admin"
 
 
 def prometheus(cfg: StackConfig, retention_size: str | None) -> k8s.core.v1.ContainerArgs:
@@ -31,13 +32,15 @@ def prometheus(cfg: StackConfig, retention_size: str | None) -> k8s.core.v1.Cont
         "--storage.tsdb.path=/prometheus",
         f"--storage.tsdb.retention.time={obs.retention}",
         f"--web.listen-address=:{names.prometheus_port}",
-        "--web.enable-lifecycle",
+        # No --web.enable-lifecycle (anyone who reaches the port could stop it): a new
+        # configuration rolls the pod (its template carries the configuration's checksum).
     ]
     if retention_size:
         args.append(f"--storage.tsdb.retention.size={retention_size}")
     return k8s.core.v1.ContainerArgs(
         name="prometheus",
         image=obs.prometheus_image,
+        image_pull_policy=kube.pull_policy(obs.prometheus_image),
         args=args,
         ports=[kube.port("web", names.prometheus_port)],
         resources=kube.resources(obs.prometheus_resources),
@@ -59,6 +62,7 @@ def pushgateway(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
     return k8s.core.v1.ContainerArgs(
         name="pushgateway",
         image=image,
+        image_pull_policy=kube.pull_policy(image),
         args=[
             f"--web.listen-address=:{names.pushgateway_port}",
             # Release events survive a container restart (not a new pod: the alert is
@@ -81,6 +85,7 @@ def kube_state_metrics(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
     return k8s.core.v1.ContainerArgs(
         name="kube-state-metrics",
         image=image,
+        image_pull_policy=kube.pull_policy(image),
         args=[
             f"--port={port}",
             f"--telemetry-port={KSM_TELEMETRY_PORT}",
@@ -100,6 +105,7 @@ def jaeger(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
     return k8s.core.v1.ContainerArgs(
         name="jaeger",
         image=obs.jaeger_image,
+        image_pull_policy=kube.pull_policy(obs.jaeger_image),
         args=["--memory.max-traces=50000"],
         env=[
             kube.env("SPAN_STORAGE_TYPE", "memory"),
@@ -119,15 +125,16 @@ def jaeger(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
     )
 
 
-def grafana(cfg: StackConfig, secret_name: pulumi.Input[str]) -> k8s.core.v1.ContainerArgs:
+def grafana(cfg: StackConfig, admin_user: str) -> k8s.core.v1.ContainerArgs:
     obs = cfg.observability
     home = f"{dashboards.DASHBOARD_MOUNT}/{dashboards.DASHBOARD_FILES[0]}"
     return k8s.core.v1.ContainerArgs(
         name="grafana",
         image=obs.grafana_image,
+        image_pull_policy=kube.pull_policy(obs.grafana_image),
         env=[
-            kube.env_from_secret("GF_SECURITY_ADMIN_USER", secret_name, USER_KEY),
-            kube.env_from_secret("GF_SECURITY_ADMIN_PASSWORD", secret_name, PASSWORD_KEY),
+            kube.env("GF_SECURITY_ADMIN_USER", admin_user),
+            kube.env("GF_SECURITY_ADMIN_PASSWORD__FILE", f"{GRAFANA_ADMIN_DIR}/{PASSWORD_KEY}"),
             kube.env("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning"),
             kube.env("GF_PATHS_DATA", "/var/lib/grafana"),
             kube.env("GF_LOG_MODE", "console"),
@@ -146,6 +153,7 @@ def grafana(cfg: StackConfig, secret_name: pulumi.Input[str]) -> k8s.core.v1.Con
             kube.mount("dashboards", dashboards.DASHBOARD_MOUNT, read_only=True),
             kube.mount("data", "/var/lib/grafana"),
             kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir
+            kube.mount("admin", GRAFANA_ADMIN_DIR, read_only=True),
         ],
     )
 

@@ -1,6 +1,7 @@
-"""PostgreSQL: a StatefulSet with a volume claim, a postgres-exporter sidecar, a Service, a Secret
-holding a generated password, and a NetworkPolicy that admits only the app, the migration Job and
-Prometheus (to the exporter)."""
+"""PostgreSQL: a StatefulSet with a volume claim, a postgres-exporter sidecar (as the read-only
+role), a Service, the superuser's Secret, the roles' Secret (generated passwords) and the Job that
+creates the roles (``components.postgres_roles``). Every password reaches its pod as a file.
+Who may connect is the network component's business (``contract.network``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import kube
-from contract import ports
+from components.postgres_roles import roles_job
+from contract import access, ports, security
 from contract.config import PostgresConfig, StackConfig
-from contract.labels import API, DATABASE, MIGRATION, MONITORING, selector, standard_labels
+from contract.labels import DATABASE, selector, standard_labels
+from contract.names import (
+    PG_APP,
+    PG_MIGRATOR,
+    PG_READONLY,
+)
 from contract.names import (
     POSTGRES_DATABASE_KEY as DATABASE_KEY,
 )
@@ -28,6 +35,8 @@ PORT = ports.POSTGRES
 UID = ports.POSTGRES_UID
 EXPORTER_UID = 65534
 DATA_DIR = "/var/lib/postgresql/data"
+SUPERUSER_DIR = "/var/run/secrets/postgres"
+READONLY_DIR = "/var/run/secrets/postgres-readonly"
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,15 @@ class Postgres(pulumi.ComponentResource):
     statefulset: k8s.apps.v1.StatefulSet
     service: k8s.core.v1.Service
     secret: k8s.core.v1.Secret
-    network_policy: k8s.networking.v1.NetworkPolicy
+    roles_secret: k8s.core.v1.Secret
+    roles_job: k8s.batch.v1.Job
+    """Creates the roles; the migration Job waits for it."""
     host: pulumi.Output[str]
     """The Service name: how pods in the namespace reach the database."""
     password: pulumi.Output[str]
-    """The generated password (a secret Output)."""
+    """The superuser's generated password (a secret Output)."""
+    role_passwords: dict[str, pulumi.Output[str]]
+    """Role name -> its generated password (secret Outputs)."""
     secret_name: pulumi.Output[str]
 
     def __init__(
@@ -75,6 +88,25 @@ class Postgres(pulumi.ComponentResource):
             opts=child,
         )
         secret_name = self.secret.metadata.name
+        self.role_passwords = {
+            role: random.RandomPassword(
+                f"{name}-{role.removeprefix('portal_')}-password",
+                length=32,
+                special=False,
+                opts=child,
+            ).result
+            for role in (PG_MIGRATOR, PG_APP, PG_READONLY)
+        }
+        self.roles_secret = k8s.core.v1.Secret(
+            f"{name}-roles-secret",
+            metadata=kube.metadata(names.postgres_roles, args.namespace, labels),
+            type="Opaque",
+            string_data={
+                access.PASSWORD_FILES[role]: password
+                for role, password in self.role_passwords.items()
+            },
+            opts=child,
+        )
 
         self.service = k8s.core.v1.Service(
             f"{name}-service",
@@ -89,25 +121,23 @@ class Postgres(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.statefulset = self._statefulset(name, args, labels, match, secret_name)
-
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{name}-network-policy",
-            metadata=kube.metadata(names.postgres, args.namespace, labels),
-            # Only the app and the migration Job reach the database; Prometheus its exporter.
-            spec=kube.admit(
-                match,
-                kube.ingress_from(
-                    [selector(names.app, API), selector(names.app, MIGRATION)], [PORT]
-                ),
-                kube.ingress_from(
-                    [selector(names.prometheus, MONITORING)], [ports.POSTGRES_EXPORTER]
-                ),
+        self.statefulset = self._statefulset(
+            name, args, labels, match, secret_name, self.roles_secret.metadata.name
+        )
+        self.host = self.service.metadata.name
+        self.roles_job = roles_job(
+            name,
+            cfg,
+            args.namespace,
+            host=self.host,
+            superuser_secret=secret_name,
+            roles_secret=self.roles_secret.metadata.name,
+            passwords=list(self.role_passwords.values()),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.statefulset], delete_before_replace=True
             ),
-            opts=child,
         )
 
-        self.host = self.service.metadata.name
         self.password = password.result
         self.secret_name = secret_name
         statefulset = self.statefulset.metadata.name
@@ -121,11 +151,15 @@ class Postgres(pulumi.ComponentResource):
         labels: dict[str, str],
         match: dict[str, str],
         secret_name: pulumi.Input[str],
+        roles_secret: pulumi.Input[str],
     ) -> k8s.apps.v1.StatefulSet:
         pg = args.config.postgres
+        skips = security.skips(
+            security.POSTGRES_UID, security.unpinned(pg.image, pg.exporter_image)
+        )
         return k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=kube.metadata(args.config.names.postgres, args.namespace, labels),
+            metadata=kube.metadata(args.config.names.postgres, args.namespace, labels, skips),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 replicas=1,
                 service_name=self.service.metadata.name,
@@ -137,7 +171,7 @@ class Postgres(pulumi.ComponentResource):
                 ),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
-                    spec=_pod(pg, secret_name),
+                    spec=_pod(pg, secret_name, roles_secret),
                 ),
                 volume_claim_templates=[
                     k8s.core.v1.PersistentVolumeClaimArgs(
@@ -150,9 +184,7 @@ class Postgres(pulumi.ComponentResource):
         )
 
 
-def _containers(
-    pg: PostgresConfig, secret_name: pulumi.Input[str]
-) -> list[k8s.core.v1.ContainerArgs]:
+def _containers(pg: PostgresConfig) -> list[k8s.core.v1.ContainerArgs]:
     """Postgres and its exporter sidecar."""
     ready = [
         "pg_isready",
@@ -164,6 +196,7 @@ def _containers(
     postgres = k8s.core.v1.ContainerArgs(
         name="postgres",
         image=pg.image,
+        image_pull_policy=kube.pull_policy(pg.image),
         args=[
             "-c",
             f"max_connections={pg.max_connections}",
@@ -172,9 +205,9 @@ def _containers(
         ],
         ports=[kube.port("postgres", PORT)],
         env=[
-            kube.env_from_secret(USER_KEY, secret_name, USER_KEY),
-            kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
-            kube.env_from_secret(DATABASE_KEY, secret_name, DATABASE_KEY),
+            kube.env(USER_KEY, pg.user),
+            kube.env(f"{PASSWORD_KEY}_FILE", f"{SUPERUSER_DIR}/{PASSWORD_KEY}"),
+            kube.env(DATABASE_KEY, pg.database),
             kube.env("PGDATA", f"{DATA_DIR}/pgdata"),
         ],
         resources=kube.resources(pg.resources),
@@ -187,6 +220,7 @@ def _containers(
             kube.mount("data", DATA_DIR),
             kube.mount("run", "/var/run/postgresql"),
             kube.mount("tmp", "/tmp"),  # noqa: S108 - an emptyDir, private to the pod
+            kube.mount("superuser", SUPERUSER_DIR, read_only=True),
         ],
     )
     exporter = kube.exporter(
@@ -195,11 +229,14 @@ def _containers(
         ports.POSTGRES_EXPORTER,
         [
             kube.env("DATA_SOURCE_URI", f"127.0.0.1:{PORT}/{pg.database}?sslmode=disable"),
-            kube.env_from_secret("DATA_SOURCE_USER", secret_name, USER_KEY),
-            kube.env_from_secret("DATA_SOURCE_PASS", secret_name, PASSWORD_KEY),
+            kube.env("DATA_SOURCE_USER", PG_READONLY),
+            kube.env(
+                "DATA_SOURCE_PASS_FILE", f"{READONLY_DIR}/{access.PASSWORD_FILES[PG_READONLY]}"
+            ),
         ],
         "/",
         EXPORTER_UID,
+        [kube.mount("readonly", READONLY_DIR, read_only=True)],
     )
     return [postgres, exporter]
 
@@ -212,12 +249,19 @@ def _claim(pg: PostgresConfig) -> k8s.core.v1.PersistentVolumeClaimSpecArgs:
     )
 
 
-def _pod(pg: PostgresConfig, secret_name: pulumi.Input[str]) -> k8s.core.v1.PodSpecArgs:
+def _pod(
+    pg: PostgresConfig, secret_name: pulumi.Input[str], roles_secret: pulumi.Input[str]
+) -> k8s.core.v1.PodSpecArgs:
     return k8s.core.v1.PodSpecArgs(
         security_context=kube.pod_security(UID),
         automount_service_account_token=False,
         enable_service_links=False,
         termination_grace_period_seconds=60,
-        containers=_containers(pg, secret_name),
-        volumes=[kube.empty_dir("run", "16Mi"), kube.empty_dir("tmp", "256Mi")],
+        containers=_containers(pg),
+        volumes=[
+            kube.empty_dir("run", "16Mi"),
+            kube.empty_dir("tmp", "256Mi"),
+            kube.secret_volume("superuser", secret_name, [PASSWORD_KEY]),
+            kube.secret_volume("readonly", roles_secret, [access.PASSWORD_FILES[PG_READONLY]]),
+        ],
     )

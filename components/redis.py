@@ -1,6 +1,6 @@
-"""Redis, the portal's cache: a Deployment with a redis-exporter sidecar, a Service, a Secret
-holding a generated password, and a NetworkPolicy that admits only the app and Prometheus (to the
-exporter).
+"""Redis, the portal's cache: a Deployment with a redis-exporter sidecar, a Service, and a Secret
+holding the ACL file (no default user; ``portal_app`` for the service, ``portal_exporter`` for the
+exporter and the probes, ``contract.access``) and the generated passwords, all read as files.
 
 Redis holds nothing that cannot be recomputed (the app falls back to its in-process cache while
 Redis is away), so it runs without persistence on an emptyDir with ``maxmemory`` and LRU eviction.
@@ -8,6 +8,8 @@ Redis is away), so it runs without persistence on an emptyDir with ``maxmemory``
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -15,16 +17,17 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import kube
-from contract import ports
+from contract import access, ports, security
 from contract.config import RedisConfig, StackConfig
-from contract.labels import API, CACHE, MONITORING, selector, standard_labels
+from contract.labels import CACHE, selector, standard_labels
+from contract.names import REDIS_EXPORTER_USER
 
 PORT = ports.REDIS
-UID = 999
-"""The redis user of the official alpine image."""
-GID = 1000
+UID = 10999
+"""Any uid runs the official image; a high one stays clear of the node's users."""
+GID = 10999
 EXPORTER_UID = 59000
-PASSWORD_KEY = "REDIS_PASSWORD"  # noqa: S105 - a key name
+AUTH_DIR = "/etc/redis/auth"
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,9 @@ class Redis(pulumi.ComponentResource):
     deployment: k8s.apps.v1.Deployment
     service: k8s.core.v1.Service
     secret: k8s.core.v1.Secret
-    network_policy: k8s.networking.v1.NetworkPolicy
     host: pulumi.Output[str]
     password: pulumi.Output[str]
-    """The generated password (a secret Output)."""
+    """The app user's generated password (a secret Output)."""
 
     def __init__(
         self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None
@@ -58,30 +60,54 @@ class Redis(pulumi.ComponentResource):
         match = selector(names.redis, CACHE)
 
         password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=child)
+        exporter_password = random.RandomPassword(
+            f"{name}-exporter-password", length=32, special=False, opts=child
+        ).result
+        address = f"redis://127.0.0.1:{PORT}"
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
-            metadata=kube.metadata(f"{names.redis}-auth", args.namespace, labels),
+            metadata=kube.metadata(names.redis_secret, args.namespace, labels),
             type="Opaque",
-            string_data={PASSWORD_KEY: password.result},
+            string_data={
+                access.REDIS_ACL_FILE: pulumi.Output.all(password.result, exporter_password).apply(
+                    lambda p: access.redis_acl(p[0], p[1])
+                ),
+                access.REDIS_APP_PASSWORD_KEY: password.result,
+                access.REDIS_EXPORTER_PASSWORD_KEY: exporter_password,
+                access.REDIS_EXPORTER_PASSWORD_FILE: exporter_password.apply(
+                    lambda p: json.dumps({address: p})
+                ),
+            },
             opts=child,
         )
         secret_name = self.secret.metadata.name
 
+        skips = security.skips(security.unpinned(rd.image, rd.exporter_image)) or None
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=kube.metadata(names.redis, args.namespace, labels),
+            metadata=kube.metadata(names.redis, args.namespace, labels, skips),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=match),
                 template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    # The ACL file is read at start: a new one rolls the pod.
+                    metadata=k8s.meta.v1.ObjectMetaArgs(
+                        labels=labels,
+                        annotations={
+                            "checksum/acl": pulumi.Output.all(
+                                password.result, exporter_password
+                            ).apply(
+                                lambda p: hashlib.sha256("\0".join(p).encode()).hexdigest()[:16]
+                            )
+                        },
+                    ),
                     spec=k8s.core.v1.PodSpecArgs(
                         security_context=kube.pod_security(UID, GID),
                         automount_service_account_token=False,
                         enable_service_links=False,
-                        containers=_containers(rd, secret_name),
-                        volumes=[kube.empty_dir("data")],
+                        containers=_containers(rd),
+                        volumes=[kube.empty_dir("data"), kube.secret_volume("auth", secret_name)],
                     ),
                 ),
             ),
@@ -99,17 +125,6 @@ class Redis(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{name}-network-policy",
-            metadata=kube.metadata(names.redis, args.namespace, labels),
-            spec=kube.admit(
-                match,
-                kube.ingress_from([selector(names.app, API)], [PORT]),
-                kube.ingress_from([selector(names.prometheus, MONITORING)], [ports.REDIS_EXPORTER]),
-            ),
-            opts=child,
-        )
-
         self.host = self.service.metadata.name
         self.password = password.result
         self.register_outputs(
@@ -122,16 +137,20 @@ class Redis(pulumi.ComponentResource):
         )
 
 
-def _containers(rd: RedisConfig, secret_name: pulumi.Input[str]) -> list[k8s.core.v1.ContainerArgs]:
+def _containers(rd: RedisConfig) -> list[k8s.core.v1.ContainerArgs]:
     """Redis and its exporter sidecar."""
+    probe_auth = (
+        f'REDISCLI_AUTH="$(cat {AUTH_DIR}/{access.REDIS_EXPORTER_PASSWORD_KEY})" '
+        f"redis-cli --no-auth-warning --user {REDIS_EXPORTER_USER} -h 127.0.0.1 -p {PORT}"
+    )
     redis = k8s.core.v1.ContainerArgs(
         name="redis",
         image=rd.image,
+        image_pull_policy=kube.pull_policy(rd.image),
         command=["redis-server"],
-        # $(REDIS_PASSWORD) is expanded by the kubelet from the env below.
         args=[
-            "--requirepass",
-            f"$({PASSWORD_KEY})",
+            "--aclfile",
+            f"{AUTH_DIR}/{access.REDIS_ACL_FILE}",
             "--maxmemory",
             rd.max_memory,
             "--maxmemory-policy",
@@ -144,18 +163,13 @@ def _containers(rd: RedisConfig, secret_name: pulumi.Input[str]) -> list[k8s.cor
             "/data",
         ],
         ports=[kube.port("redis", PORT)],
-        env=[
-            kube.env_from_secret(PASSWORD_KEY, secret_name, PASSWORD_KEY),
-            # redis-cli (the readiness probe) authenticates with this.
-            kube.env_from_secret("REDISCLI_AUTH", secret_name, PASSWORD_KEY),
-        ],
         resources=kube.resources(rd.resources),
         readiness_probe=kube.exec_probe(
-            ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {PORT} ping | grep -q PONG"], period=5
+            ["sh", "-c", f"{probe_auth} ping | grep -q PONG"], period=5
         ),
         liveness_probe=kube.tcp_probe("redis", period=15, failures=4),
         security_context=kube.container_security(),
-        volume_mounts=[kube.mount("data", "/data")],
+        volume_mounts=[kube.mount("data", "/data"), kube.mount("auth", AUTH_DIR, read_only=True)],
     )
     exporter = kube.exporter(
         "redis-exporter",
@@ -163,9 +177,11 @@ def _containers(rd: RedisConfig, secret_name: pulumi.Input[str]) -> list[k8s.cor
         ports.REDIS_EXPORTER,
         [
             kube.env("REDIS_ADDR", f"redis://127.0.0.1:{PORT}"),
-            kube.env_from_secret("REDIS_PASSWORD", secret_name, PASSWORD_KEY),
+            kube.env("REDIS_USER", REDIS_EXPORTER_USER),
+            kube.env("REDIS_PASSWORD_FILE", f"{AUTH_DIR}/{access.REDIS_EXPORTER_PASSWORD_FILE}"),
         ],
         "/health",
         EXPORTER_UID,
+        [kube.mount("auth", AUTH_DIR, read_only=True)],
     )
     return [redis, exporter]

@@ -66,6 +66,21 @@ class Names:
         return f"{self.prometheus}-scrape"
 
     @property
+    def postgres_roles(self) -> str:
+        """The Job (and its ConfigMap and Secret) that creates the database's roles."""
+        return f"{self.postgres}-roles"
+
+    @property
+    def migrate_secret(self) -> str:
+        """The Secret of the migration Job: the migration role's database URL and password."""
+        return f"{self.app}-migrate"
+
+    @property
+    def redis_secret(self) -> str:
+        """The Secret with Redis's ACL file and its users' passwords."""
+        return f"{self.redis}-auth"
+
+    @property
     def migration_job_prefix(self) -> str:
         """Every migration Job's name starts with this (the alert rules match on it)."""
         return f"{self.app}-migrate-"
@@ -91,6 +106,19 @@ SECRETS_DIR = "/var/run/secrets/portal"
 """Where a pod finds its Secret's keys as files (``<dir>/<KEY>``; ``<KEY>_FILE`` points there)."""
 SCRAPE_TOKEN_KEY = "token"  # noqa: S105 - a key name
 """Key of the scrape Secret (``Names.scrape_secret``) mounted into Prometheus."""
+
+PG_MIGRATOR = "portal_migrator"
+"""Owns the schema: the migration Job and the pre-migration backup."""
+PG_APP = "portal_app"
+"""The service: SELECT, INSERT, UPDATE and DELETE on the schema's tables; no DDL."""
+PG_READONLY = "portal_readonly"
+"""The exporter and ``python -m app analyze``: SELECT and the statistics views (pg_monitor)."""
+PG_ROLES = (PG_MIGRATOR, PG_APP, PG_READONLY)
+
+REDIS_APP_USER = "portal_app"
+"""Redis ACL user of the service: its key patterns and data commands only."""
+REDIS_EXPORTER_USER = "portal_exporter"
+"""Redis ACL user of the exporter and the probes: INFO, CONFIG GET and reads of metadata."""
 
 POSTGRES_USER_KEY = "POSTGRES_USER"
 POSTGRES_PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name

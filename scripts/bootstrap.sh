@@ -44,15 +44,26 @@ fi
 
 # The virtualenv, rebuilt only when the lock file or the project metadata changes.
 PY=${PYTHON:-python3}
+# pip's warnings about this machine's unused local wheel folders are noise; errors still show.
+quiet() { "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; return "${PIPESTATUS[0]}"; }
 stamp=".venv/.stamp-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: building .venv from requirements.lock"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  # pip's warnings about this machine's unused local wheel folders are noise; errors still show.
-  quiet() { "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; return "${PIPESTATUS[0]}"; }
   quiet .venv/bin/python -m pip install --quiet --upgrade pip
   quiet .venv/bin/python -m pip install --quiet -r requirements.lock
   quiet .venv/bin/python -m pip install --quiet --no-deps -e .
   rm -f .venv/.stamp-*
   touch "$stamp"
+fi
+
+# The scanner (checkov) in a virtualenv of its own: its pins (boto3==1.35.49) exclude ours.
+scanner_stamp=".venv-scanner/.stamp-$(sha256sum < requirements-scanner.lock | cut -c1-16)"
+if [ ! -f "$scanner_stamp" ]; then
+  echo "bootstrap: building .venv-scanner from requirements-scanner.lock"
+  [ -x .venv-scanner/bin/python ] || "$PY" -m venv .venv-scanner
+  quiet .venv-scanner/bin/python -m pip install --quiet --upgrade pip
+  quiet .venv-scanner/bin/python -m pip install --quiet -r requirements-scanner.lock
+  rm -f .venv-scanner/.stamp-*
+  touch "$scanner_stamp"
 fi

@@ -3,6 +3,7 @@ migration Job and the observability stack."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ from contract.config.base import (
 from contract.config.errors import ConfigError
 from contract.config.types import (
     Bucket,
+    Cidr,
     ClassName,
     Duration,
     Flag,
@@ -31,7 +33,10 @@ from contract.config.types import (
     ImageRepository,
     ImageTag,
     KeyId,
+    LabelKey,
+    LabelValue,
     Memory,
+    Namespace,
     Number,
     PinnedImage,
     RedisSize,
@@ -302,3 +307,77 @@ class ObservabilityConfig(Section):
     pushgateway_image: PinnedImage = Field(
         default=DEFAULT_IMAGES["pushgateway"], description="where portalctl pushes release events"
     )
+
+
+def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network, of: Any) -> bool:
+    return bool(net.version == of.version and net.subnet_of(of))
+
+
+PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+class NetworkConfig(Section):
+    """The namespace denies every connection in and out except the flows of the README's table
+    (NetworkPolicies); these keys say where the peers outside the namespace are."""
+
+    api_server_cidrs: tuple[Cidr, ...] = Field(
+        default=PRIVATE_NETWORKS,
+        min_length=1,
+        description="where the Kubernetes API server connects from (its pod and service proxy: "
+        "portalctl's health checks, Prometheus queries and Pushgateway pushes) and is reached "
+        "at; set it to your control plane's addresses; podCidrs are always excepted",
+    )
+    api_server_ports: tuple[Whole, ...] = Field(
+        default=(443, 6443),
+        min_length=1,
+        description="ports Prometheus and kube-state-metrics reach the API server on",
+    )
+    pod_cidrs: tuple[Cidr, ...] = Field(
+        default=("10.244.0.0/16",),
+        min_length=1,
+        description="the cluster's pod networks: excepted from every address range above, so "
+        "no pod passes for the API server",
+    )
+    ingress_namespace: Namespace = Field(
+        default="ingress-nginx", description="namespace of the ingress controller"
+    )
+    ingress_pod_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "ingress-nginx"},
+        min_length=1,
+        description="labels of the ingress controller's pods",
+        json_schema_extra={"default_text": "app.kubernetes.io/name=ingress-nginx"},
+    )
+    dns_namespace: Namespace = Field(default="kube-system", description="namespace of the DNS")
+    dns_pod_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=lambda: {"k8s-app": "kube-dns"},
+        min_length=1,
+        description="labels of the cluster DNS pods",
+        json_schema_extra={"default_text": "k8s-app=kube-dns"},
+    )
+    s3_cidrs: tuple[Cidr, ...] = Field(
+        default=("0.0.0.0/0",),
+        min_length=1,
+        description="where the pre-migration backup may upload (the S3 endpoint's addresses); "
+        "podCidrs are excepted",
+    )
+
+    @model_validator(mode="after")
+    def _pods_apart(self) -> NetworkConfig:
+        pods = [ipaddress.ip_network(p) for p in self.pod_cidrs]
+        for key, cidrs in (("apiServerCidrs", self.api_server_cidrs), ("s3Cidrs", self.s3_cidrs)):
+            for i, cidr in enumerate(cidrs):
+                net = ipaddress.ip_network(cidr)
+                inside = next((p for p in pods if _within(net, p)), None)
+                if inside is not None:
+                    raise ConfigError(
+                        f"{NAMESPACE}:network.{key}[{i}]",
+                        cidr,
+                        f"expected addresses outside the pod network {inside} (podCidrs): "
+                        "a pod would pass for this peer",
+                    )
+        for i, port in enumerate(self.api_server_ports):
+            if not 1 <= port <= 65535:
+                raise ConfigError(
+                    f"{NAMESPACE}:network.apiServerPorts[{i}]", port, "expected a port 1-65535"
+                )
+        return self

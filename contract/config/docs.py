@@ -37,6 +37,8 @@ def _model(field: FieldInfo) -> type[BaseModel] | None:
 
 
 def _show(value: Any, unit: str = "") -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_show(v, unit) for v in value) + "]"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

@@ -17,6 +17,7 @@ from contract.config.base import Derived, Section
 from contract.config.deploy import (
     AppConfig,
     MigrationsConfig,
+    NetworkConfig,
     ObservabilityConfig,
     PostgresConfig,
     RedisConfig,
@@ -60,6 +61,7 @@ class StackConfig(Section):
     redis: RedisConfig = Field(default=RedisConfig())
     migrations: MigrationsConfig = Field(default=MigrationsConfig())
     observability: ObservabilityConfig = Field(default=ObservabilityConfig())
+    network: NetworkConfig = Field(default=NetworkConfig())
     slo: Slo = Field(default=Slo())
     canary: CanaryConfig = Field(default=CanaryConfig())
     alerts: AlertsConfig = Field(default=AlertsConfig())

@@ -7,6 +7,7 @@ error message: ``expected a whole number from 1 to 100``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -58,13 +59,36 @@ def _matching(regex: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def split_image(value: str) -> tuple[str, str | None, str | None]:
+    """``repo[:tag][@sha256:...]`` -> (repository, tag, digest); ``ValueError`` when malformed."""
+    name, _, digest = value.partition("@")
+    if digest and not _DIGEST.match(digest):
+        raise ValueError("bad digest")
+    tag = None
+    if ":" in name.rsplit("/", 1)[-1]:
+        name, tag = name.rsplit(":", 1)
+        if not _IMAGE_TAG.match(tag):
+            raise ValueError("bad tag")
+    if not _IMAGE_REPO.match(name):
+        raise ValueError("bad repository")
+    return name, tag, digest or None
+
+
 def _pinned(value: str) -> str:
-    if ":" not in value.rsplit("/", 1)[-1]:
-        raise ValueError("no tag")
-    repo, tag = value.rsplit(":", 1)
-    if tag == "latest" or not _IMAGE_TAG.match(tag) or not _IMAGE_REPO.match(repo):
+    _, tag, digest = split_image(value)
+    if digest is None and (tag is None or tag == "latest"):
         raise ValueError("not pinned")
     return value
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError:
+        raise ValueError("not a network") from None
 
 
 def _not_latest(value: str) -> str:
@@ -151,7 +175,28 @@ PinnedImage = Annotated[
     str,
     Strict(),
     AfterValidator(_pinned),
-    Allowed("expected an image pinned by tag (name:tag, and not :latest)"),
+    Allowed(
+        "expected an image pinned by tag or digest (name:tag, name@sha256:<64 hex> or "
+        "name:tag@sha256:<64 hex>; not :latest alone)"
+    ),
+]
+Cidr = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_cidr),
+    Allowed('expected a network in CIDR notation, such as "10.0.0.0/16" (host bits zero)'),
+]
+LabelKey = Annotated[
+    str,
+    Strict(),
+    _matching(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"),
+    Allowed("expected a Kubernetes label key such as app.kubernetes.io/name"),
+]
+LabelValue = Annotated[
+    str,
+    Strict(),
+    _matching(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"),
+    Allowed("expected a Kubernetes label value (at most 63 letters, digits, '-', '_', '.')"),
 ]
 Host = Annotated[
     str,

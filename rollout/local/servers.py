@@ -45,6 +45,9 @@ class PostgresServer:
     directory: Path
     port: int
     settings: Mapping[str, str] = field(default_factory=dict)
+    host_auth: str = "trust"
+    """How TCP connections authenticate (``scram-sha-256``: by password); the unix socket in
+    ``directory`` always trusts the local user."""
 
     @property
     def datadir(self) -> Path:
@@ -56,6 +59,10 @@ class PostgresServer:
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def socket_dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        """Through the unix socket (trusted): the superuser's way in."""
+        return f"postgresql://{user}@/{dbname}?host={self.directory}&port={self.port}"
 
     def _bin(self, name: str) -> str:
         return find_binary(name, (f"/usr/lib/postgresql/*/bin/{name}",))
@@ -88,7 +95,8 @@ class PostgresServer:
                 self._bin("initdb"),
                 "-D",
                 str(self.datadir),
-                "--auth=trust",
+                "--auth-local=trust",
+                f"--auth-host={self.host_auth}",
                 "-U",
                 "postgres",
                 "--encoding=UTF8",
@@ -152,12 +160,41 @@ class PostgresServer:
         """Create ``name`` if missing; return its DSN."""
         import psycopg  # local import: only callers that create databases need the driver
 
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.socket_dsn(), autocommit=True) as conn:
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             exists = conn.execute(query, (name,)).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"')  # name is chosen by our own code
         return self.dsn(name)
+
+    def create_roles(self, dbname: str, passwords: Mapping[str, str]) -> None:
+        """Apply ``contract/postgres_roles.sql`` to ``dbname`` as the superuser, as the cluster's
+        roles Job does; ``passwords``: role -> password (files in a private directory)."""
+        import tempfile
+
+        from contract import access
+
+        with tempfile.TemporaryDirectory(prefix="portal-roles-") as secrets:
+            for role, file in access.PASSWORD_FILES.items():
+                path = Path(secrets) / file
+                path.write_text(passwords[role])
+                path.chmod(0o600)
+            script = Path(secrets) / access.ROLES_SCRIPT_FILE
+            script.write_text(access.ROLES_SQL)
+            argv = access.psql_command(str(script), secrets)
+            argv[0] = self._bin("psql")
+            env = {
+                **os.environ,
+                "PGHOST": str(self.directory),
+                "PGPORT": str(self.port),
+                "PGUSER": "postgres",
+                "PGDATABASE": dbname,
+            }
+            result = subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=120, check=False
+            )
+        if result.returncode != 0:
+            raise ServerError(f"creating the roles in {dbname} failed: {result.stderr.strip()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +209,8 @@ class RedisServer:
     password: str | None = None
     max_memory: str | None = None
     process: Process | None = None
+    acl_file: Path | None = None
+    """Redis's ACL file (``contract.access.redis_acl``): its users instead of a password."""
 
     @property
     def url(self) -> str:
@@ -198,6 +237,8 @@ class RedisServer:
         ]
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.acl_file:
+            argv += ["--aclfile", str(self.acl_file)]
         if self.max_memory:
             argv += ["--maxmemory", self.max_memory, "--maxmemory-policy", "allkeys-lru"]
         self.process = Process("redis", self.directory, argv)
@@ -402,6 +443,10 @@ class ExporterServer:
     port: int
     kind: str  # "postgres" | "redis"
     target: str  # a Postgres DSN or a Redis URL
+    user: str | None = None
+    """Redis: the ACL user to authenticate as."""
+    password_file: Path | None = None
+    """Redis: the exporter's password file (a JSON map of address to password)."""
     process: Process | None = None
 
     @property
@@ -424,6 +469,10 @@ class ExporterServer:
                 f"-web.listen-address=127.0.0.1:{self.port}",
                 f"-redis.addr={self.target}",
             ]
+            if self.user:
+                argv.append(f"-redis.user={self.user}")
+            if self.password_file:
+                argv.append(f"-redis.password-file={self.password_file}")
         else:
             raise ValueError(f"unknown exporter kind {self.kind!r} (postgres | redis)")
         self.process = Process(f"{self.kind}-exporter", self.directory, argv, env=env)

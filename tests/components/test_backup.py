@@ -55,12 +55,23 @@ def _containers(endpoint: str) -> dict[str, dict]:
 
 
 def _env(container: dict, tmp: Path, **overrides: str) -> dict[str, str]:
-    """The container's environment, with the Secret references filled in as the kubelet would."""
+    """The container's environment, with its Secrets' files where the kubelet would put them
+    (under ``tmp``): the S3 credentials and the migrator's password."""
     env = {"PATH": os.environ["PATH"]}
     for item in container["env"]:
+        assert "valueFrom" not in item, f"{item['name']}: a secret reaches the pod as a file"
         env[item["name"]] = item.get("value", "")
-    env.update(CREDENTIALS)
-    env.update(DUMP_FILE=str(tmp / "portal.dump"), HOME=str(tmp))
+    aws = tmp / "aws"
+    aws.mkdir(exist_ok=True)
+    for key, value in CREDENTIALS.items():
+        (aws / key).write_text(value)
+    (tmp / "migrator-password").write_text("")
+    env.update(
+        DUMP_FILE=str(tmp / "portal.dump"),
+        HOME=str(tmp),
+        AWS_DIR=str(aws),
+        PGPASSWORD_FILE=str(tmp / "migrator-password"),
+    )
     env.update(overrides)
     return env
 
@@ -86,7 +97,6 @@ def test_the_dump_of_the_database_is_stored_in_s3_and_its_size_checked(s3, pg_ds
         PGHOST=str(info["host"]),
         PGPORT=str(info["port"]),
         PGUSER=str(info["user"]),
-        PGPASSWORD="",
         PGDATABASE=str(info["dbname"]),
     )
     dumped = _run(DUMP_SCRIPT, dump_env)

@@ -113,7 +113,21 @@ def test_policy_no_secret_value_outside_a_secret(run):
             continue
         text = json.dumps(obj)
         assert not any(v in text for v in values), f"{obj['kind']} {obj['metadata']['name']}"
-        for key in ("password", "PASSWORD", "token"):
-            for line in text.split(","):
-                if key in line and '"value":' in line:
-                    raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {line}")
+        _, containers = containers_of(obj)
+        for c in containers:
+            where = f"{obj['kind']} {obj['metadata']['name']}/{c['name']}"
+            assert "envFrom" not in c, where
+            for item in c.get("env", []):
+                name = item["name"]
+                # A secret reaches a pod as a file (<NAME>_FILE names it), never as a variable.
+                assert "secretKeyRef" not in item.get("valueFrom", {}), f"{where}: {name}"
+                if any(k in name.upper() for k in ("PASSWORD", "TOKEN", "_AUTH", "DSN")):
+                    assert name.endswith("_FILE"), f"{where}: {name}"
+
+
+def test_policy_secrets_are_files_readable_by_the_pod_group_only(run):
+    for obj in manifests(run):
+        spec, _ = containers_of(obj)
+        for volume in (spec or {}).get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"].get("defaultMode") == 0o440, obj["metadata"]["name"]
