@@ -24,6 +24,7 @@ import yaml
 from contract import alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
 from rollout.local.credentials import Credentials, StackAuth
+from contract.names import PG_APP, PG_MIGRATOR, PG_READONLY, PG_ROLES
 from rollout.local.processes import (
     Process,
     ServerError,
@@ -304,7 +305,18 @@ class LocalStack:
                 "instances": [],
             }
         ports = state["ports"]
-        state["database_url"] = f"postgresql://postgres@127.0.0.1:{ports['postgres']}/{DATABASE}"
+        # The database's roles, as on a cluster: the instances run as portal_app, migrations and
+        # seeding as portal_migrator, the analysis and the exporter as portal_readonly.
+        passwords = state.setdefault("pg_passwords", {})
+        for role in PG_ROLES:
+            passwords.setdefault(role, secrets.token_hex(16))
+
+        def url(role: str) -> str:
+            return f"postgresql://{role}:{passwords[role]}@127.0.0.1:{ports['postgres']}/{DATABASE}"
+
+        state["database_url"] = url(PG_APP)
+        state["migrate_url"] = url(PG_MIGRATOR)
+        state["readonly_url"] = url(PG_READONLY)
         state["redis_url"] = f"redis://127.0.0.1:{ports['redis']}/0"
         state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
         state["nginx_url"] = f"http://127.0.0.1:{ports['nginx']}"
@@ -320,6 +332,7 @@ class LocalStack:
         if not (pg.directory / ".created").exists():
             pg.create_database(DATABASE)
             (pg.directory / ".created").touch()
+        pg.create_roles(DATABASE, state["pg_passwords"])
         redis = self.redis(state)
         if not redis.running():
             progress(f"starting Redis on port {redis.port}")
@@ -352,7 +365,7 @@ class LocalStack:
         else:
             nginx.reload()
         for kind, target in (
-            ("postgres", state["database_url"]),
+            ("postgres", state["readonly_url"]),
             ("redis", f"127.0.0.1:{ports['redis']}"),
         ):
             port = int(ports[f"{kind}_exporter"])
@@ -391,7 +404,7 @@ class LocalStack:
             wait_until(all_up, timeout, "Prometheus scraping every target")
 
     def _migrate_and_seed(self, state: dict[str, Any], progress: Progress) -> None:
-        env = {**os.environ, "PORTAL_DATABASE_URL": state["database_url"]}
+        env = {**os.environ, "PORTAL_DATABASE_URL": state["migrate_url"]}
         cwd = Path(__file__).resolve().parents[2]
         for argv, what in (
             ([python(), "-m", "app", "migrate", "--phase", "expand"], "migrating"),

@@ -45,7 +45,7 @@ class LocalMigrator:
         self.stack = stack
 
     def run(self, spec: ReleaseSpec, phase: Phase) -> MigrationResult:
-        env = {**os.environ, "PORTAL_DATABASE_URL": self.stack.load()["database_url"]}
+        env = {**os.environ, "PORTAL_DATABASE_URL": self.stack.load()["migrate_url"]}
         result = subprocess.run(
             [python(), "-m", "app", "migrate", "--phase", phase, "--json"],
             env=env,
@@ -95,7 +95,7 @@ class LocalDiagnostics:
         return Unavailable("the local stack runs migrations as processes, not Jobs")
 
     def database_url(self) -> str | Unavailable:
-        return str(self.stack.load()["database_url"])
+        return str(self.stack.load()["readonly_url"])
 
     def restart_hint(self) -> str | None:
         root = self.stack.root
