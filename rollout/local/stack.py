@@ -21,10 +21,17 @@ from typing import Any
 
 import yaml
 
-from contract import alerts, prometheus_config
+from contract import access, alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
+from contract.names import (
+    PG_APP,
+    PG_MIGRATOR,
+    PG_READONLY,
+    PG_ROLES,
+    REDIS_APP_USER,
+    REDIS_EXPORTER_USER,
+)
 from rollout.local.credentials import Credentials, StackAuth
-from contract.names import PG_APP, PG_MIGRATOR, PG_READONLY, PG_ROLES
 from rollout.local.processes import (
     Process,
     ServerError,
@@ -162,7 +169,14 @@ class LocalStack:
         return PostgresServer(self.root / "postgres", int(state["ports"]["postgres"]))
 
     def redis(self, state: dict[str, Any]) -> RedisServer:
-        return RedisServer(self.root / "redis", int(state["ports"]["redis"]))
+        """Redis with the cluster's ACL users (no default user; ``contract.access``)."""
+        directory = self.root / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        acl = directory / access.REDIS_ACL_FILE
+        passwords = state["redis_passwords"]
+        acl.write_text(access.redis_acl(passwords[REDIS_APP_USER], passwords[REDIS_EXPORTER_USER]))
+        acl.chmod(0o600)
+        return RedisServer(directory, int(state["ports"]["redis"]), acl_file=acl)
 
     def config(self) -> StackConfig:
         """This stack's config (its ``Pulumi.local.yaml``)."""
@@ -317,7 +331,13 @@ class LocalStack:
         state["database_url"] = url(PG_APP)
         state["migrate_url"] = url(PG_MIGRATOR)
         state["readonly_url"] = url(PG_READONLY)
-        state["redis_url"] = f"redis://127.0.0.1:{ports['redis']}/0"
+        redis_passwords = state.setdefault("redis_passwords", {})
+        for user in (REDIS_APP_USER, REDIS_EXPORTER_USER):
+            redis_passwords.setdefault(user, secrets.token_hex(16))
+        state["redis_url"] = (
+            f"redis://{REDIS_APP_USER}:{redis_passwords[REDIS_APP_USER]}"
+            f"@127.0.0.1:{ports['redis']}/0"
+        )
         state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
         state["nginx_url"] = f"http://127.0.0.1:{ports['nginx']}"
         state["pushgateway_url"] = f"http://127.0.0.1:{ports['pushgateway']}"
@@ -364,14 +384,29 @@ class LocalStack:
             nginx.start()
         else:
             nginx.reload()
-        for kind, target in (
-            ("postgres", state["readonly_url"]),
-            ("redis", f"127.0.0.1:{ports['redis']}"),
+        exporters = self.root / "exporters"
+        exporters.mkdir(parents=True, exist_ok=True)
+        redis_address = f"redis://127.0.0.1:{ports['redis']}"
+        password_file = exporters / access.REDIS_EXPORTER_PASSWORD_FILE
+        password = state["redis_passwords"][REDIS_EXPORTER_USER]
+        password_file.write_text(json.dumps({redis_address: password}))
+        password_file.chmod(0o600)
+        for server in (
+            ExporterServer(
+                exporters, int(ports["postgres_exporter"]), "postgres", state["readonly_url"]
+            ),
+            ExporterServer(
+                exporters,
+                int(ports["redis_exporter"]),
+                "redis",
+                redis_address,
+                user=REDIS_EXPORTER_USER,
+                password_file=password_file,
+            ),
         ):
-            port = int(ports[f"{kind}_exporter"])
-            if not port_open(port):
-                progress(f"starting the {kind} exporter on port {port}")
-                ExporterServer(self.root / "exporters", port, kind, target).start()
+            if not port_open(server.port):
+                progress(f"starting the {server.kind} exporter on port {server.port}")
+                server.start()
         push = PushgatewayServer(self.root / "pushgateway", int(ports["pushgateway"]))
         if not port_open(push.port):
             progress(f"starting the Pushgateway on port {push.port}")
