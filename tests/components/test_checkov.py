@@ -25,7 +25,16 @@ ACCEPTED = dict([security.UNPINNED_IMAGE, security.API_READER, security.POSTGRES
 def scan(directory: Path) -> dict[str, Any]:
     assert CHECKOV.exists(), f"{CHECKOV} is missing: `make deps` builds it"
     proc = subprocess.run(
-        [str(CHECKOV), "-d", str(directory), "--framework", "kubernetes", "-o", "json"],
+        [
+            str(CHECKOV),
+            "-d",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
