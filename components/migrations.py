@@ -65,7 +65,7 @@ class Migration(pulumi.ComponentResource):
             metadata=kube.metadata(
                 cfg.names.migrate_secret,
                 args.namespace,
-                standard_labels(cfg, cfg.names.app, MIGRATION, cfg.app.version),
+                standard_labels(cfg, cfg.names.app, MIGRATION, None),
             ),
             type="Opaque",
             string_data={

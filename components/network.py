@@ -35,7 +35,7 @@ class Network(pulumi.ComponentResource):
     ) -> None:
         super().__init__("portal:network:Network", name, None, opts)
         cfg = args.config
-        labels = standard_labels(cfg, cfg.names.app, "network", cfg.app.version)
+        labels = standard_labels(cfg, cfg.names.app, "network", None)
         self.policies = {
             policy.name: k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy.name}",

@@ -162,7 +162,11 @@ def test_pulumi_never_fights_a_release_over_image_version_or_replicas(run):
 
 
 def test_the_migration_job_is_not_replaced_when_a_promotion_rewrites_the_version(run):
-    job = run.find("Job")[0]
+    job = next(
+        j
+        for j in run.find("Job")
+        if j.manifest()["metadata"]["labels"]["app.kubernetes.io/component"] == "migration"
+    )
     assert "metadata.name" in job.ignore_changes
     assert "spec.template" in job.ignore_changes
 
