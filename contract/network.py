@@ -9,8 +9,8 @@ sides. Adding a flow is one line in ``flows`` (and one row in the README's table
 compares with what the rendered policies allow).
 
 Peers outside the namespace come from ``portal:network``: the ingress controller and the cluster
-DNS by namespace and pod labels, the API server and the S3 endpoint by address ranges (with the
-pod networks excepted, so no pod passes for them).
+DNS by namespace and pod labels, the API server, the S3 endpoint and Sentry by address ranges
+(with the pod networks excepted, so no pod passes for them).
 
 ``python -m contract.network [--stack STACK]`` prints the table in the README's format.
 """
@@ -82,7 +82,8 @@ class Flow:
     ports: tuple[Port, ...]
     why: str
     when: str = "always"
-    """``always``, or the condition under which the stack has this flow (``backup on``)."""
+    """``always``, or the feature of the stack that brings this flow (``backup on``,
+    ``sentry on``)."""
 
 
 def tcp(*numbers: int) -> tuple[Port, ...]:
@@ -95,6 +96,19 @@ INGRESS_CONTROLLER = External("ingress-controller")
 API_SERVER = External("api-server")
 KUBE_DNS = External("kube-dns")
 S3 = External("s3")
+SENTRY = External("sentry")
+
+CONDITIONS = ("always", "backup on", "sentry on")
+"""When a flow exists: always, or with a feature of the stack on."""
+
+
+def condition_holds(cfg: StackConfig, when: str) -> bool:
+    """Whether the stack has the flows of ``when``."""
+    return {
+        "always": True,
+        "backup on": cfg.migrations.backup.enabled,
+        "sentry on": cfg.sentry_enabled,
+    }[when]
 
 
 @dataclass(frozen=True)
@@ -152,6 +166,11 @@ def s3_port(cfg: StackConfig) -> int:
 
 def flows(cfg: StackConfig) -> list[Flow]:
     """Every connection the stack uses, one line each."""
+    return [f for f in all_flows(cfg) if condition_holds(cfg, f.when)]
+
+
+def all_flows(cfg: StackConfig) -> list[Flow]:
+    """Every connection a stack with this config may use, its features on or off."""
     w = workloads(cfg)
     n = cfg.names
     app = tcp(cfg.app.port)
@@ -163,6 +182,7 @@ def flows(cfg: StackConfig) -> list[Flow]:
         Flow(w.app, w.redis, tcp(ports.REDIS), "the cache (ACL user portal_app)"),
         Flow(w.app, w.jaeger, tcp(JAEGER_OTLP_HTTP_PORT), "traces (OTLP/HTTP)"),
         Flow(w.app, KUBE_DNS, DNS_PORTS, "name lookups"),
+        Flow(w.app, SENTRY, tcp(cfg.network.sentry_port), "error reports", "sentry on"),
         Flow(w.migration, w.postgres, tcp(ports.POSTGRES), "migrations and pg_dump"),
         Flow(w.migration, KUBE_DNS, DNS_PORTS, "name lookups"),
         Flow(w.migration, S3, tcp(s3_port(cfg)), "the pre-migration backup", "backup on"),
@@ -182,8 +202,6 @@ def flows(cfg: StackConfig) -> list[Flow]:
         Flow(w.grafana, w.jaeger, tcp(JAEGER_UI_PORT), "the traces datasource"),
         Flow(w.grafana, KUBE_DNS, DNS_PORTS, "name lookups"),
     ]
-    if not cfg.migrations.backup.enabled:
-        table = [f for f in table if f.when != "backup on"]
     return table
 
 
@@ -228,6 +246,8 @@ def peers(cfg: StackConfig, peer: Peer) -> list[dict[str, Any]]:
     if peer == S3:
         # Nor for S3; and the S3 range does not open the control plane's addresses.
         return _ip_blocks(net.s3_cidrs, [*net.pod_cidrs, *net.api_server_cidrs])
+    if peer == SENTRY:
+        return _ip_blocks(net.sentry_cidrs, [*net.pod_cidrs, *net.api_server_cidrs])
     raise ValueError(f"no NetworkPolicy peer for {peer.key}")
 
 
@@ -291,7 +311,7 @@ def table_rows(cfg: StackConfig) -> list[tuple[str, str, str, str, str]]:
             f.when,
             f.why,
         )
-        for f in flows(cfg)
+        for f in all_flows(cfg)
     ]
 
 

@@ -360,11 +360,24 @@ class NetworkConfig(Section):
         description="where the pre-migration backup may upload (the S3 endpoint's addresses); "
         "podCidrs are excepted",
     )
+    sentry_cidrs: tuple[Cidr, ...] = Field(
+        default=("0.0.0.0/0",),
+        min_length=1,
+        description="where the service may send its errors when sentryDsn is set (the Sentry "
+        "host's addresses); podCidrs are excepted",
+    )
+    sentry_port: Whole = Field(
+        default=443, ge=1, le=65535, description="the port of the Sentry DSN's host"
+    )
 
     @model_validator(mode="after")
     def _pods_apart(self) -> NetworkConfig:
         pods = [ipaddress.ip_network(p) for p in self.pod_cidrs]
-        for key, cidrs in (("apiServerCidrs", self.api_server_cidrs), ("s3Cidrs", self.s3_cidrs)):
+        for key, cidrs in (
+            ("apiServerCidrs", self.api_server_cidrs),
+            ("s3Cidrs", self.s3_cidrs),
+            ("sentryCidrs", self.sentry_cidrs),
+        ):
             for i, cidr in enumerate(cidrs):
                 net = ipaddress.ip_network(cidr)
                 inside = next((p for p in pods if _within(net, p)), None)

@@ -10,9 +10,10 @@ import re
 
 import pytest
 
+from components.mockrun import run_program
 from components.render import manifests
 from contract.config import parse_config, read_stack_values
-from contract.network import markdown, table_rows
+from contract.network import condition_holds, markdown, table_rows
 from tests.components.netpol import ContainerPort, Endpoint, Policies, pods_of
 from tests.conftest import REPO
 
@@ -21,6 +22,8 @@ CONTROL_PLANE = ipaddress.ip_network("10.0.0.10/32")
 """An address of the API server inside the stacks' apiServerCidrs."""
 PUBLIC = ipaddress.ip_network("52.95.110.1/32")
 """An address on the internet (where S3 answers)."""
+SENTRY_HOST = ipaddress.ip_network("34.120.195.249/32")
+"""Where the Sentry of the stack with Sentry on answers (its sentryCidrs)."""
 
 
 def readme_flows() -> list[tuple[str, str, str, str]]:
@@ -39,8 +42,7 @@ def readme_flows() -> list[tuple[str, str, str, str]]:
 
 
 def expected(cfg) -> set[tuple[str, str, str]]:
-    conditions = {"always": True, "backup on": cfg.migrations.backup.enabled}
-    return {(s, t, p) for s, t, p, when in readme_flows() if conditions[when]}
+    return {(s, t, p) for s, t, p, when in readme_flows() if condition_holds(cfg, when)}
 
 
 def endpoints(cfg, objects):
@@ -82,6 +84,15 @@ def endpoints(cfg, objects):
             [ContainerPort(80), ContainerPort(5432), ContainerPort(8080)],
         ),
     ]
+    if cfg.sentry_enabled:  # the Sentry host of a stack that reports to one
+        outside.append(
+            Endpoint(
+                "sentry",
+                None,
+                networks=[SENTRY_HOST],
+                ports=[ContainerPort(net.sentry_port), ContainerPort(9000)],
+            )
+        )
     return pods, outside
 
 
@@ -151,6 +162,23 @@ def test_a_pod_network_missing_from_pod_cidrs_shows_as_a_hole(configs, runs):
     assert not policies.connects(excepted, pushgateway, ContainerPort(9091))
 
 
+def test_with_sentry_on_the_service_reaches_sentry_and_nothing_else_changes(configs, runs):
+    """A Sentry DSN brings the one flow of the table marked ``sentry on``: the service to the
+    Sentry host's addresses (``sentryCidrs``) on ``sentryPort``. Without a DSN the same host is
+    out of reach of every pod."""
+    dsn = "https://k@o1.ingest.sentry.io/1"
+    values = copy.deepcopy(read_stack_values(REPO / "Pulumi.staging.yaml"))
+    values["network"] = {**values.get("network", {}), "sentryCidrs": ["34.120.0.0/16"]}
+    cfg = parse_config({**values, "sentryDsn": dsn}, "staging")
+    on = derived(cfg, manifests(run_program("staging", values, {"sentryDsn": dsn})))
+    assert on == expected(cfg)
+    # The stack without a DSN, the Sentry host present all the same: nothing reaches it.
+    off = derived(cfg, manifests(runs["staging"]))
+    assert on - off == {("portal/api", "sentry", "443/TCP")}
+    assert off - on == set()
+    assert not any("sentry" in flow for flow in expected(configs["staging"]))
+
+
 @pytest.mark.parametrize("stack", ["prod"])
 def test_the_readme_table_is_the_one_the_policies_are_generated_from(stack):
     cfg = parse_config(read_stack_values(REPO / f"Pulumi.{stack}.yaml"), stack)
@@ -158,8 +186,9 @@ def test_the_readme_table_is_the_one_the_policies_are_generated_from(stack):
     assert markdown(table_rows(cfg)) in text, "python -m contract.network prints the table"
 
 
-def test_the_pod_ranges_a_stack_names_are_checked():
+@pytest.mark.parametrize("key", ["apiServerCidrs", "s3Cidrs", "sentryCidrs"])
+def test_the_pod_ranges_a_stack_names_are_checked(key):
     values = copy.deepcopy(read_stack_values(REPO / "Pulumi.staging.yaml"))
-    values["network"] = {"apiServerCidrs": ["10.244.1.0/24"], "podCidrs": ["10.244.0.0/16"]}
-    with pytest.raises(Exception, match=re.escape("portal:network.apiServerCidrs[0]")):
+    values["network"] = {key: ["10.244.1.0/24"], "podCidrs": ["10.244.0.0/16"]}
+    with pytest.raises(Exception, match=re.escape(f"portal:network.{key}[0]")):
         parse_config(values, "staging")
