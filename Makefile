@@ -54,10 +54,10 @@ cluster-status:
 manifests: deps
 	$(BIN)/python scripts/manifests.py --stack $(STACK) --out manifests/$(STACK)
 
-# checkov (its own virtualenv, .venv-scanner) on both stacks' manifests: 0 failed checks.
+# checkov (its own virtualenv, .venv-scanner) on both stacks' `make manifests` output: 0 failed.
 scan: deps
 	for stack in staging prod; do \
-	  $(BIN)/python -m components.render --stack $$stack --out manifests/$$stack && \
+	  $(BIN)/python scripts/manifests.py --stack $$stack --out manifests/$$stack && \
 	  .venv-scanner/bin/checkov -d manifests/$$stack --framework kubernetes --skip-download --compact --quiet \
 	    || exit 1; \
 	done

@@ -5,8 +5,6 @@ template is immutable, so a change replaces the Job)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -48,9 +46,7 @@ def roles_job(
         opts=pulumi.ResourceOptions(parent=opts.parent),
     )
     checksum = pulumi.Output.all(*passwords).apply(
-        lambda values: hashlib.sha256("\0".join([access.ROLES_SQL, *values]).encode()).hexdigest()[
-            :16
-        ]
+        lambda values: access.checksum(access.ROLES_SQL, *values)
     )
     container = k8s.core.v1.ContainerArgs(
         name="roles",

@@ -8,7 +8,6 @@ Redis is away), so it runs without persistence on an emptyDir with ``maxmemory``
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -97,9 +96,7 @@ class Redis(pulumi.ComponentResource):
                         annotations={
                             "checksum/acl": pulumi.Output.all(
                                 password.result, exporter_password
-                            ).apply(
-                                lambda p: hashlib.sha256("\0".join(p).encode()).hexdigest()[:16]
-                            )
+                            ).apply(lambda p: access.checksum(*p))
                         },
                     ),
                     spec=k8s.core.v1.PodSpecArgs(

@@ -65,8 +65,25 @@ EXPORTER_COMMANDS = (
 """What redis_exporter reads (server metadata, never a key's value) and the probes' PING."""
 
 
-def _hash(password: str) -> str:
+def sha256_hex(password: str) -> str:
+    """The SHA-256 of ``password`` in hex, as Redis's ACL file keeps it."""
     return hashlib.sha256(password.encode()).hexdigest()
+
+
+FINGERPRINT_DIGITS = 16
+
+
+def fingerprint(value: str) -> str:
+    """The first 16 hex digits of the SHA-256 of ``value``: it changes with the value and tells
+    nothing usable about a generated password."""
+    return sha256_hex(value)[:FINGERPRINT_DIGITS]
+
+
+def checksum(*values: str) -> str:
+    """What a pod template's ``checksum/...`` annotation holds so the pod is replaced when one of
+    ``values`` changes: their fingerprints, one by one (so that ``make manifests`` can show the
+    fingerprint of a password's placeholder in place of the password's)."""
+    return ".".join(fingerprint(v) for v in values)
 
 
 def redis_acl(app_password: str, exporter_password: str) -> str:
@@ -74,7 +91,7 @@ def redis_acl(app_password: str, exporter_password: str) -> str:
     Passwords are stored as SHA-256 hashes (``#...``), as Redis keeps them."""
     app = " ".join(
         [
-            f"user {REDIS_APP_USER} on #{_hash(app_password)} resetchannels",
+            f"user {REDIS_APP_USER} on #{sha256_hex(app_password)} resetchannels",
             *(f"~{p}" for p in APP_KEY_PATTERNS),
             "-@all",
             *(f"+{c}" for c in APP_COMMANDS),
@@ -82,7 +99,8 @@ def redis_acl(app_password: str, exporter_password: str) -> str:
     )
     exporter = " ".join(
         [
-            f"user {REDIS_EXPORTER_USER} on #{_hash(exporter_password)} resetchannels resetkeys",
+            f"user {REDIS_EXPORTER_USER} on #{sha256_hex(exporter_password)}",
+            "resetchannels resetkeys",
             "-@all",
             *(f"+{c}" for c in EXPORTER_COMMANDS),
         ]

@@ -11,9 +11,11 @@ passphrase of its own that are deleted afterwards. Every object is then validate
 Kubernetes schemas in strict mode (unknown fields are errors) and written as one file, numbered
 in apply order (by kind, then name, as ``components.render`` numbers them: the engine's own order
 varies from run to run with its parallelism). Generated passwords appear as
-placeholders (``generated-at-deploy-time-<resource>``): the real ones exist only in the stack's
-state; a secret value of the stack file appears as ``[<key>: secret]``. The provider applies a
-Secret's ``stringData`` as base64 ``data``; text values are shown decoded, as ``stringData``.
+placeholders (``generated-at-deploy-time-<resource>``), and what the program derives from them
+(their SHA-256 in Redis's ACL file, their fingerprints in ``checksum/...`` annotations) as
+derived from the placeholders: the real ones exist only in the stack's state; a secret value of
+the stack file appears as ``[<key>: secret]``. The provider applies a Secret's ``stringData`` as
+base64 ``data``; text values are shown decoded, as ``stringData``.
 
 Exit status: 0 written, 1 the engine failed or an object is invalid (nothing written), 2 bad
 usage or a bad stack config (the program's one line).
@@ -49,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from components.mockrun import KIND_ORDER  # noqa: E402
 from components.render import write  # noqa: E402
 from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate  # noqa: E402
+from contract import access  # noqa: E402
 from contract.config import SECRET_KEYS, ConfigError, read_stack_values  # noqa: E402
 
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
@@ -70,6 +73,16 @@ def _replace(value: Any, replacements: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_replace(v, replacements) for v in value]
     return value
+
+
+def derived_too(passwords: dict[str, str]) -> dict[str, str]:
+    """``passwords`` (generated value -> placeholder) followed by what the program derives from
+    each: its SHA-256 (Redis's ACL file), then its fingerprint (``checksum/...`` annotations),
+    mapped to the placeholder's; whole digests first, so a fingerprint never cuts one."""
+    out = dict(passwords)
+    out.update({access.sha256_hex(p): access.sha256_hex(q) for p, q in passwords.items()})
+    out.update({access.fingerprint(p): access.fingerprint(q) for p, q in passwords.items()})
+    return out
 
 
 def _readable(obj: dict[str, Any]) -> dict[str, Any]:
@@ -135,11 +148,13 @@ def render(stack: str, project: Path, built: toolchain.Toolchain) -> list[dict[s
             check=True,
         )
         resources = json.loads(exported.stdout)["deployment"]["resources"]
-        passwords = {
-            _plaintext(r["outputs"]["result"]): PLACEHOLDER.format(r["urn"].rsplit("::", 1)[-1])
-            for r in resources
-            if r["type"] == RANDOM_PASSWORD
-        }
+        passwords = derived_too(
+            {
+                _plaintext(r["outputs"]["result"]): PLACEHOLDER.format(r["urn"].rsplit("::", 1)[-1])
+                for r in resources
+                if r["type"] == RANDOM_PASSWORD
+            }
+        )
         objects = []
         for r in resources:
             if not r["type"].startswith("kubernetes:") or r["type"].startswith("kubernetes:yaml"):

@@ -7,8 +7,11 @@ import json
 import pytest
 
 from app.keys import KeySet
+from components.mockrun import default_password, run_program
 from contract import prometheus_config
+from contract.config import read_stack_values
 from contract.names import AUTH_KEYS, METRICS_TOKEN, SCRAPE_TOKEN_KEY, SECRETS_DIR
+from tests.conftest import REPO
 
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
@@ -374,3 +377,36 @@ def test_the_service_reads_its_token_keys_and_the_scrape_token_as_files(run):
     scrape = run.get("Secret", volume["secretName"]).manifest()["stringData"]
     assert scrape[SCRAPE_TOKEN_KEY] == env_secret[METRICS_TOKEN], "one token, both sides"
     assert "PORTAL_METRICS_TOKEN" not in json.dumps(prometheus), "Prometheus sees no app secret"
+
+
+@pytest.mark.parametrize(
+    ("password", "changed"),
+    [
+        ("postgres-app-password", {"Job postgres-roles"}),
+        ("redis-exporter-password", {"Deployment redis"}),
+        ("observability-grafana-password", set()),
+    ],
+)
+def test_a_new_password_reruns_the_roles_job_or_rolls_redis_and_nothing_else(
+    runs, password, changed
+):
+    """A regenerated role or ACL password changes the pod template of what loads it (the roles
+    Job is replaced and runs again; Redis, which reads its ACL file at start, rolls); Grafana
+    reads its password from the Secret at every start, so nothing else changes."""
+
+    def new(name: str) -> str:
+        return "rotated-" + default_password(name) if name == password else default_password(name)
+
+    def templates(run):
+        return {
+            f"{c.kind} {c.object_name}": json.dumps(c.manifest()["spec"]["template"])
+            for c in run.kubernetes()
+            if pod_spec(c.manifest()) is not None
+        }
+
+    before = templates(runs["staging"])
+    after = templates(
+        run_program("staging", read_stack_values(REPO / "Pulumi.staging.yaml"), password=new)
+    )
+    assert before.keys() == after.keys()
+    assert {k for k in before if before[k] != after[k]} == changed
