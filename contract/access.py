@@ -44,8 +44,9 @@ def psql_command(script: str, secrets_dir: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- Redis
 
-APP_KEY_PATTERNS = ("user:*", "users:*", "tag:*")
-"""The service's cache keys (``app/cache.py``): dashboards, user lists, tag tokens."""
+APP_KEY_PATTERNS = ("user:*", "users:*", "plans:*", "admin:*", "tag:*")
+"""The service's cache keys (``app/cache.py``): dashboards, user lists, the plans, the admin
+statistics, tag tokens."""
 APP_COMMANDS = ("ping", "get", "mget", "set", "del", "unlink", "scan")
 """What the cache runs: reads, writes with a TTL, pattern flushes (SCAN + UNLINK)."""
 EXPORTER_COMMANDS = (

@@ -16,7 +16,17 @@ import psycopg
 import pytest
 import redis
 
-from app.cache import Cache
+from app.cache import (
+    ADMIN_STATS_KEY,
+    ADMIN_TAG,
+    PLANS_KEY,
+    PLANS_TAG,
+    USERS_LIST_TAG,
+    Cache,
+    dashboard_key,
+    user_tag,
+    users_list_key,
+)
 from app.metrics import Metrics
 from app.migrate import Runner
 from app.settings import Settings
@@ -218,10 +228,19 @@ def test_the_app_user_runs_the_cache_and_nothing_else(acl_redis):
         value, hit = await cache.get_or_compute("user:1:dashboard", "short", compute, ["user:1"])
         await cache.invalidate(["user:1"])
         await cache.get_or_compute("users:list:1:20", "short", compute, ["users"])
+        # Every key the service caches under, each with its tag token.
+        for key, tag in (
+            (dashboard_key(7), user_tag(7)),
+            (users_list_key(2, 50), USERS_LIST_TAG),
+            (PLANS_KEY, PLANS_TAG),
+            (ADMIN_STATS_KEY, ADMIN_TAG),
+        ):
+            await cache.get_or_compute(key, "medium", compute, [tag])
+            assert cache.backend == "redis", f"{key}: refused by the ACL, served from memory"
         flushed = await cache.flush("users:list:*")
         backend = cache.backend
         await cache.close()
-        assert calls == 1 + 1 and hit
+        assert calls == 1 + 1 + 4 and hit
         return backend, value or b"", flushed
 
     backend, value, flushed = asyncio.run(exercise())
