@@ -366,7 +366,9 @@ def test_the_service_reads_its_token_keys_and_the_scrape_token_as_files(run):
         assert mount["readOnly"] is True
         volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
         assert volume["secretName"] == "portal-env"
-        assert {i["key"] for i in volume["items"]} == {AUTH_KEYS, METRICS_TOKEN}
+        # The whole Secret, each key a file that <KEY>_FILE names, readable by the pod's group.
+        assert "items" not in volume and volume["defaultMode"] == 0o440
+        assert {f"{key}_FILE" for key in env_secret} <= set(env)
     prometheus = pod_spec(run.get("StatefulSet", "prometheus").manifest())
     mount = next(
         m

@@ -1,9 +1,13 @@
 #!/bin/sh
 # The postgres image's entrypoint, as far as our stacks use it: on an empty $PGDATA, create the
-# cluster with $POSTGRES_USER / $POSTGRES_PASSWORD (password auth from the network, trust on the
-# local socket) and the $POSTGRES_DB database; then run `postgres` listening on every address of
-# the pod, with the container's args (`-c name=value` settings).
+# cluster with $POSTGRES_USER / $POSTGRES_PASSWORD (or $POSTGRES_PASSWORD_FILE) (password auth
+# from the network, trust on the local socket) and the $POSTGRES_DB database; then run `postgres`
+# listening on every address of the pod, with the container's args (`-c name=value` settings).
 set -eu
+# The image's file_env: the password may come as a file (a mounted Secret).
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
 if [ "${1#-}" != "$1" ]; then
     set -- postgres "$@"
 fi
