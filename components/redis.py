@@ -26,7 +26,7 @@ UID = 10999
 """Any uid runs the official image; a high one stays clear of the node's users."""
 GID = 10999
 EXPORTER_UID = 59000
-AUTH_DIR = "/etc/redis/auth"
+AUTH_DIR = "/var/run/secrets/redis"
 
 
 @dataclass(frozen=True)

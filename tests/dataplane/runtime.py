@@ -431,7 +431,8 @@ class ContainerProcess:
 
     def _groups(self) -> list[str]:
         fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
-        return ["--groups", str(fs_group)] if fs_group is not None and not self.image.user else []
+        # An image's own account joins the pod's fsGroup too (it owns the pod's files' group).
+        return ["--groups", str(fs_group)] if fs_group is not None else []
 
     def argv(self) -> list[str]:
         root = self.directory / "rootfs" / self.name
@@ -577,11 +578,13 @@ def stop_group(popen: subprocess.Popen[bytes], grace: float) -> None:
 
 
 def volume_owner(pod: Mapping[str, Any], images: list[Image]) -> tuple[int, int]:
+    security = pod["spec"].get("securityContext") or {}
     for image in images:
         if image.user:
+            # The image's account owns the files; the group is the pod's fsGroup when it has
+            # one, so the pod's other containers (an exporter beside Postgres) read them too.
             account = pwd.getpwnam(image.user)
-            return account.pw_uid, account.pw_gid
-    security = pod["spec"].get("securityContext") or {}
+            return account.pw_uid, int(security.get("fsGroup", account.pw_gid))
     uid = int(security.get("runAsUser", 0))
     return uid, int(security.get("fsGroup", security.get("runAsGroup", uid)))
 
