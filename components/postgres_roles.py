@@ -15,7 +15,7 @@ from contract.names import POSTGRES_PASSWORD_KEY
 
 SUPERUSER_DIR = "/var/run/secrets/postgres"
 ROLES_DIR = "/var/run/secrets/postgres-roles"
-SCRIPT_DIR = "/etc/postgres-roles"
+SCRIPT_DIR = "/var/run/postgres-roles"
 RESOURCES = container_resources("50m", "64Mi", "500m", "128Mi")
 COMMAND = (
     f'set -eu; PGPASSWORD="$(cat {SUPERUSER_DIR}/{POSTGRES_PASSWORD_KEY})"; export PGPASSWORD; '

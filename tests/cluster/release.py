@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from contract.config import StackConfig, load_stack
-from contract.names import AUTH_KEYS, DATABASE_URL
+from contract.names import AUTH_KEYS, DATABASE_URL, NAMES
 from rollout.k8s.api import http_auth, service_proxy
 from rollout.ledger import LedgerDoc
 from rollout.local.credentials import Credentials, StackAuth
@@ -251,11 +251,16 @@ class Running:
         return subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
 
 
-def app_secret(kube: client.ApiClient, cfg: StackConfig) -> dict[str, str]:
-    """The keys of the stack's app Secret (``portal-env``) as the cluster holds them (applied
-    from the render, or made by ``pulumi up`` with its generated values)."""
-    secret = client.CoreV1Api(kube).read_namespaced_secret(cfg.names.app_secret, cfg.namespace)
+def live_secret(kube: client.ApiClient, cfg: StackConfig, name: str) -> dict[str, str]:
+    """The keys of the stack's Secret ``name`` as the cluster holds them (applied from the
+    render, or made by ``pulumi up`` with its generated values)."""
+    secret = client.CoreV1Api(kube).read_namespaced_secret(name, cfg.namespace)
     return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
+def app_secret(kube: client.ApiClient, cfg: StackConfig) -> dict[str, str]:
+    """The keys of the stack's app Secret (``portal-env``) as the cluster holds them."""
+    return live_secret(kube, cfg, cfg.names.app_secret)
 
 
 def credentials(kube: client.ApiClient, cfg: StackConfig, workdir: Path, users: int) -> Credentials:
@@ -268,8 +273,9 @@ def credentials(kube: client.ApiClient, cfg: StackConfig, workdir: Path, users: 
 
 
 def seed(kube: client.ApiClient, cfg: StackConfig, users: int) -> None:
-    """``python -m app seed`` against the stack's Postgres, from the host at the pod's IP."""
-    url = app_secret(kube, cfg)[DATABASE_URL]
+    """``python -m app seed`` against the stack's Postgres, from the host at the pod's IP, as the
+    migration role (an operator's data load, as the local stack seeds)."""
+    url = live_secret(kube, cfg, cfg.names.migrate_secret)[DATABASE_URL]
     pod = client.CoreV1Api(kube).read_namespaced_pod(f"{cfg.names.postgres}-0", cfg.namespace)
     dsn = url.replace(f"@{cfg.names.postgres}:", f"@{pod.status.pod_ip}:")
     subprocess.run(
@@ -293,15 +299,27 @@ def deploy_release_stack(
     project = stack_project(workdir / "project", STACK, namespace=namespace, **fast_values())
     objects = render(STACK, workdir / "manifests", project)
     data_plane.enable(namespace)
-    # as `pulumi up` orders them (the Job depends on Postgres being ready): the workloads, then
-    # the migration Job once they are available
-    workloads = [o for o in objects if o["kind"] != "Job"]
-    jobs = [o for o in objects if o["kind"] == "Job"]
+
+    # as `pulumi up` orders them: the workloads but the portal's, then the roles Job once Postgres
+    # is ready, the migration Job (as portal_migrator) once the roles exist, then the portal's
+    # Deployments (which connect as portal_app)
+    def portal(o: dict[str, Any]) -> bool:
+        return o["kind"] == "Deployment" and o["metadata"]["name"].startswith(f"{NAMES.app}-")
+
+    workloads = [o for o in objects if o["kind"] != "Job" and not portal(o)]
+    jobs = sorted(
+        (o for o in objects if o["kind"] == "Job"),
+        key=lambda o: o["metadata"]["name"] != NAMES.postgres_roles,
+    )
     apply_stack(kube, dynamic, workloads, namespace)
     wait_converged(kube, workloads, namespace)
     for job in jobs:
         server_side_apply(dynamic, job)
-    wait_converged(kube, jobs, namespace)
+        wait_converged(kube, [job], namespace)
+    deployments = [o for o in objects if portal(o)]
+    for deployment in deployments:
+        server_side_apply(dynamic, deployment)
+    wait_converged(kube, deployments, namespace)
     return serve_release_stack(kube, control_plane, project, workdir)
 
 
