@@ -337,6 +337,8 @@ class Probe:
     failures: int = 0
     successes: int = 0
     last: str = ""
+    in_container: Callable[[list[str]], list[str]] | None = None
+    """How to run a command in the container (its root and volumes), for exec probes."""
 
     def _port(self, port: Any) -> int:
         return int(port) if str(port).isdigit() else int(self.ports[str(port)])
@@ -362,6 +364,12 @@ class Probe:
                 with socket.create_connection((self.pod_ip, port), timeout=timeout):
                     self.last = "connected"
                     return True
+            if "exec" in self.spec and self.in_container is not None:
+                # As a kubelet runs it: in the container, which sees its own files.
+                argv = self.in_container(list(self.spec["exec"]["command"]))
+                proc = subprocess.run(argv, capture_output=True, timeout=timeout + 5, check=False)
+                self.last = f"exit {proc.returncode}"
+                return proc.returncode == 0
             if "exec" in self.spec:
                 argv = [
                     "nsenter",
@@ -415,7 +423,9 @@ class ContainerProcess:
         self.ready = False
         ports = {p["name"]: int(p["containerPort"]) for p in spec.get("ports") or [] if "name" in p}
         probe = spec.get("readinessProbe")
-        self.probe = Probe(probe, ports, link.ip, link.netns, env) if probe else None
+        self.probe = (
+            Probe(probe, ports, link.ip, link.netns, env, in_container=self.argv) if probe else None
+        )
         self._log_lock = threading.Lock()
         self._sink: Any = None
         self._pumps: list[LogPump] = []
@@ -434,7 +444,8 @@ class ContainerProcess:
         # An image's own account joins the pod's fsGroup too (it owns the pod's files' group).
         return ["--groups", str(fs_group)] if fs_group is not None else []
 
-    def argv(self) -> list[str]:
+    def argv(self, command: list[str] | None = None) -> list[str]:
+        """The container's program (or ``command``) in the container's root and volumes."""
         root = self.directory / "rootfs" / self.name
         root.mkdir(parents=True, exist_ok=True)
         mounts = [
@@ -450,7 +461,8 @@ class ContainerProcess:
         mounts += [("/etc/hosts", hosts, True), ("/etc/resolv.conf", resolv, True)]
         script = _mount_script(root, self.image.files, mounts, self.home)
         workdir = self.spec.get("workingDir") or self.image.workdir
-        command = command_of(self.spec, self.image, self.env)
+        if command is None:
+            command = command_of(self.spec, self.image, self.env)
         return [
             "nsenter",
             f"--net=/run/netns/{self.link.netns}",
