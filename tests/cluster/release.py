@@ -304,7 +304,8 @@ def deploy_release_stack(
     # is ready, the migration Job (as portal_migrator) once the roles exist, then the portal's
     # Deployments (which connect as portal_app)
     def portal(o: dict[str, Any]) -> bool:
-        return o["kind"] == "Deployment" and o["metadata"]["name"].startswith(f"{NAMES.app}-")
+        name: str = o["metadata"]["name"]
+        return o["kind"] == "Deployment" and name.startswith(f"{NAMES.app}-")
 
     workloads = [o for o in objects if o["kind"] != "Job" and not portal(o)]
     jobs = sorted(
