@@ -15,11 +15,13 @@ from contract.config import StackConfig, load_stack
 from rollout.k8s import kubernetes_target
 from rollout.ports import ReleaseSpec, Target, TargetError
 from tests.cluster.conftest import (
+    NotYet,
     apply_stack,
     render,
     stack_project,
     stack_values,
     wait_converged,
+    wait_for,
 )
 
 NAMESPACE = "portal-target"
@@ -86,7 +88,16 @@ def test_replica_mode_approximates_the_weight_with_pod_counts(deployed, kube, pr
         canary = apps.read_namespaced_deployment(cfg.names.canary, NAMESPACE)
         stable = apps.read_namespaced_deployment(cfg.names.stable, NAMESPACE)
         assert (canary.spec.replicas, stable.spec.replicas) == (1, 1)
-        assert (canary.status.ready_replicas, stable.status.ready_replicas) == (1, 1)
+
+        def one_ready_each() -> bool | NotYet:
+            ready = tuple(
+                apps.read_namespaced_deployment(name, NAMESPACE).status.ready_replicas
+                for name in (cfg.names.canary, cfg.names.stable)
+            )
+            # stable's surplus pod may still be terminating when the scale returns
+            return ready == (1, 1) or NotYet(f"ready (canary, stable): {ready}")
+
+        wait_for("one ready pod on each track", one_ready_each, timeout=120)
         assert target.router.weight() == 50
         target.workloads.rollback()
         canary = apps.read_namespaced_deployment(cfg.names.canary, NAMESPACE)
