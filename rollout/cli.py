@@ -1,7 +1,8 @@
 """``portalctl``: release, roll back, run the local stack (and, through plugins, runbooks).
 
 Exit codes: 0 promoted / done; 1 rolled back or aborted; 2 bad input (one line naming what is
-wrong; nothing was changed); 3 held - a human must promote, abort or resume.
+wrong; nothing was changed); 3 held - a human must promote, abort or resume; 4 this portalctl
+lost the lease to another one (which acts on the release now) and stopped acting.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from contract.config import ConfigError, StackConfig, stack_file
-from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine, ReleaseError
+from rollout.engine import LeaseLost, Outcome, OutcomeStatus, ReleaseEngine, ReleaseError
+from rollout.engine.stable import ReleaseInFlight
+from rollout.engine.status import LedgerStatus
 from rollout.events import Event
-from rollout.ledger import LedgerError, ReleaseInProgress
+from rollout.ledger import LedgerError, ReleaseInProgress, ReleaseStatus
 from rollout.local.processes import ServerError
 from rollout.ports import ReleaseSpec, Target, TargetError
 from rollout.progress import Progress
 
 EXIT_BAD_INPUT = 2
 EXIT_HELD = 3
+EXIT_LEASE_LOST = 4
 IMAGE_RE = re.compile(
     r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9._-]+)*"
     r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$|^[^\s@]+@sha256:[0-9a-f]{64}$"
@@ -126,6 +130,8 @@ def _in_flight(engine: ReleaseEngine | None) -> str | None:
 def _guard(fn: Callable[[], Outcome | None], engine: ReleaseEngine | None = None) -> Outcome | None:
     try:
         return fn()
+    except LeaseLost as exc:
+        fail(str(exc), EXIT_LEASE_LOST)
     except ReleaseInProgress as exc:
         fail(str(exc))
     except TargetError as exc:
@@ -190,12 +196,16 @@ def release_start(
             fail("--env is for local drills (the fault switch); a cluster release runs the image")
     extra = parse_env(env or [])
     cfg, target = _open(stack, local, project_dir, context, local_dir)
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
+    try:
+        engine.ledger.read()  # a malformed ledger is refused before anything is written
+    except (LedgerError, TargetError) as exc:
+        fail(str(exc))
     if local:
         from rollout.local.stack import LOCAL_DIR, LocalStack
 
         root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
         LocalStack(root).set_version_env(str(version), extra)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
     outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image)), engine)
     assert outcome is not None
     _finish(outcome)
@@ -280,16 +290,7 @@ def release_status(
     if as_json:
         print(status.model_dump_json(indent=1, by_alias=True))
         return
-    stable = status.stable.version if status.stable else "?"
-    console.print(f"[bold]{cfg.stack}[/bold] on {target.name}: stable {stable}")
-    active = status.active
-    if active is not None:
-        holder = status.lease.holder if status.lease and status.lease_live else None
-        console.print(
-            f"in flight: {active.id} {active.status} at step "
-            f"{active.step + 1}/{len(active.steps)}, weight "
-            f"{active.weight}%, driven by {holder or 'nobody (resume it)'}"
-        )
+    _show_status(cfg.stack, target.name, status)
     table = Table("release", "version", "status", "started", "ended", "reason")
     for r in list(reversed(status.releases))[:limit]:
         table.add_row(
@@ -301,6 +302,38 @@ def release_status(
             (r.reason or "")[:80],
         )
     console.print(table)
+
+
+def _show_status(stack: str, target: str, status: LedgerStatus) -> None:
+    """The ledger's view, what the target runs, and anything an interruption left open."""
+    stable = status.stable.version if status.stable else "?"
+    line = f"[bold]{escape(stack)}[/bold] on {escape(target)}: stable {escape(stable)}"
+    running = status.running
+    if running is not None and running.stable_version != stable:
+        line += f" [yellow](the target runs {escape(running.stable_version)})[/yellow]"
+    console.print(line)
+    if status.running_error:
+        console.print(f"[yellow]the target did not answer: {escape(status.running_error)}[/yellow]")
+    active = status.active
+    if active is not None:
+        holder = status.lease.holder if status.lease and status.lease_live else None
+        weight = f"{active.weight}%"
+        if running is not None and running.weight != active.weight:
+            weight += f" ({running.weight}% on the target)"
+        console.print(
+            f"in flight: {escape(active.id)} {active.status} at step "
+            f"{active.step + 1}/{len(active.steps)}, weight {weight}, driven by "
+            f"{escape(holder or 'nobody (resume it)')}"
+        )
+        if active.reason and active.status is not ReleaseStatus.PROGRESSING:
+            console.print(f"  reason: {escape(active.reason)}")
+    if status.pending is not None:
+        console.print(f"[yellow]unfinished: {escape(status.pending.detail)}[/yellow]")
+    for t in status.takeovers[-3:]:
+        console.print(
+            f"lease taken over {_when(t.at)} by {escape(t.holder)} ({t.action}) from "
+            f"{escape(t.previous)}, expired {_when(t.expired_at)}"
+        )
 
 
 def _when(ts: float | None) -> str:
@@ -322,7 +355,11 @@ def release_contract(
     engine = _engine(cfg, target, stack, local, project_dir)
     try:
         applied = engine.contract(_user())
-    except (ReleaseError, LedgerError, TargetError) as exc:
+    except LeaseLost as exc:
+        fail(str(exc), EXIT_LEASE_LOST)
+    except (ReleaseInProgress, ReleaseInFlight, LedgerError) as exc:
+        fail(str(exc))
+    except (ReleaseError, TargetError) as exc:
         fail(str(exc), 1)
     console.print("contract migrations applied: " + (", ".join(applied) or "none pending"))
 
@@ -357,10 +394,12 @@ LocalDirOpt = Annotated[Path, typer.Option("--dir", help="Where the local stack 
 @local_app.command("up")
 def local_up(root: LocalDirOpt = Path(".portal/local")) -> None:
     """Start Postgres, Redis, the app, nginx, Prometheus and exporters on loopback."""
-    from rollout.local.stack import LocalStack
+    from rollout.local.stack import LocalStack, StateFileError
 
     try:
         state = LocalStack(root).up(lambda m: console.print(f"• {m}"))
+    except StateFileError as exc:
+        fail(str(exc))
     except ServerError as exc:
         fail(str(exc), 1)
     console.print(f"API: {state['nginx_url']}/api/users   Prometheus: {state['prometheus_url']}")

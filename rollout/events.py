@@ -19,6 +19,8 @@ EventKind = Literal[
     "promoted",
     "rolled_back",
     "request",
+    "provider_error",
+    "lease",
     "info",
 ]
 

@@ -42,6 +42,7 @@ __all__ = [
     "Target",
     "TargetError",
     "TargetState",
+    "TargetUnreachable",
     "Telemetry",
     "TelemetryError",
     "TrafficRouter",
@@ -52,6 +53,13 @@ __all__ = [
 
 class TargetError(RuntimeError):
     """The target could not do what was asked (timeout, API error); the message says what."""
+
+
+class TargetUnreachable(TargetError):
+    """The target did not answer: a connection refused or reset, a timeout, HTTP 5xx or 429,
+    credentials it rejected (they may be refreshed). The same call may work a moment later, so
+    the engine retries it within ``onProviderError`` (a plain ``TargetError`` is a refusal that
+    retrying does not change: a stuck rollout, an invalid object)."""
 
 
 class ConflictError(RuntimeError):
@@ -220,6 +228,11 @@ class LedgerStore(Protocol):
     Kubernetes: a ConfigMap (the token is its resourceVersion). Local: a JSON file (the token is
     a revision counter kept in the file, swapped under an exclusive lock).
     """
+
+    @property
+    def where(self) -> str:
+        """Where the document lives, for messages (``ledger /path/ledger.json``)."""
+        ...
 
     def load(self) -> tuple[dict[str, Any] | None, str | None]:
         """The document and its token, or ``(None, None)`` when there is none yet."""

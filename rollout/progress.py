@@ -47,6 +47,8 @@ class Progress:
             "promoted": "bold green",
             "rolled_back": "bold red",
             "held": "bold yellow",
+            "provider_error": "magenta",
+            "lease": "bold yellow",
             "paused": "bold yellow",
             "step_started": "bold",
             "started": "bold cyan",

@@ -14,6 +14,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,17 +51,19 @@ class Prometheus:
         self,
         base_url: str,
         timeout_s: float = 5.0,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.headers = dict(headers or {})
-        """Sent with every request (a bearer token when reached through the API server)."""
+        self.headers = headers or {}
+        """Sent with every request (a bearer token when reached through the API server); a
+        function is asked at every request (credentials that refresh)."""
         self.ssl_context = ssl_context
 
     def _open(self, url: str) -> Any:
-        req = urllib.request.Request(url, headers=self.headers)
+        headers = self.headers() if callable(self.headers) else self.headers
+        req = urllib.request.Request(url, headers=dict(headers))
         return urllib.request.urlopen(req, timeout=self.timeout_s, context=self.ssl_context)
 
     def _get(self, path: str, params: dict[str, str], what: str) -> Any:

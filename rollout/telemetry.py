@@ -21,11 +21,16 @@ from rollout.ports import ReleaseEvent, TelemetryError, Unavailable
 from rollout.prometheus import Prometheus
 
 
+def _no_headers() -> Mapping[str, str]:
+    return {}
+
+
 @dataclass(frozen=True)
 class HttpAuth:
-    """What a request needs to get through (the API server's proxy: a token, its CA)."""
+    """What a request needs to get through (the API server's proxy: a token, its CA).
+    ``headers`` is asked at every request, so a refreshed token is the one sent."""
 
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Callable[[], Mapping[str, str]] = field(default=_no_headers)
     ssl_context: ssl.SSLContext | None = None
 
 
@@ -42,7 +47,7 @@ class PrometheusTelemetry:
         self.auth = auth or HttpAuth()
         self.pushgateway_url = pushgateway_url.rstrip("/")
         self._prometheus = Prometheus(
-            prometheus_url, headers=dict(self.auth.headers), ssl_context=self.auth.ssl_context
+            prometheus_url, headers=self.auth.headers, ssl_context=self.auth.ssl_context
         )
         self._rate_window = rate_window
         self._dashboard_hint = dashboard_hint
@@ -99,7 +104,7 @@ class PrometheusTelemetry:
     ) -> Callable[[], None]:
         def handle() -> None:
             request = urllib.request.Request(
-                url, data=data, method=method, headers={**dict(headers), **self.auth.headers}
+                url, data=data, method=method, headers={**dict(headers), **self.auth.headers()}
             )
             with urllib.request.urlopen(request, timeout=timeout, context=self.auth.ssl_context):
                 pass

@@ -4,8 +4,14 @@ Every transition is written to the ledger as an ``intent`` before the target is 
 marked ``done`` after; a ``portalctl`` killed at any point is resumed by performing the last
 unfinished transition again (target methods are idempotent) and continuing from the step the
 release was on, never repeating a finished step or skipping one. A lease in the ledger keeps
-one release per stack at a time; a holder that stops renewing it loses it after
-``canary.leaseTtl`` (every write a run makes renews it).
+one release per stack at a time, for every command that acts (``start``, ``resume``,
+``promote``, ``abort``, ``rollback``, ``contract``); it is renewed in the background while a run
+waits, and a holder that lost it stops acting (``rollout.engine.context``).
+
+The target not answering (``TargetUnreachable``: the API server down, a timeout, credentials
+being refreshed) is a provider error wherever it happens: the call is retried within
+``onProviderError``, then the release holds or rolls back by its policy. The ledger out of reach
+is one too; a run that cannot write it at all ends HELD with what the ledger last recorded.
 """
 
 from __future__ import annotations
@@ -16,21 +22,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from contract.config import StackConfig
 from rollout.engine import stable
-from rollout.engine.context import Context, LeaseKeeper
+from rollout.engine.context import Context, LeaseKeeper, ProviderGaveUp
+from rollout.engine.endings import Endings
 from rollout.engine.outcome import Outcome, OutcomeStatus, ReleaseError, Stop, StopKind
-from rollout.engine.records import done, failure, incident_for, intent
+from rollout.engine.records import done, failure, intent
 from rollout.engine.stable import release_id_for
+from rollout.engine.status import LedgerStatus, pending_of
 from rollout.engine.steps import StepRunner
 from rollout.events import EventSink, ignore
 from rollout.ledger import (
     Action,
-    Lease,
     Ledger,
     LedgerDoc,
+    LedgerError,
     Release,
     ReleaseInProgress,
     ReleaseStatus,
@@ -38,24 +44,13 @@ from rollout.ledger import (
     Stable,
     require,
 )
-from rollout.ledger.model import ContractMigration, RequestRecord, TransitionArgs
-from rollout.ports import ReleaseEvent, ReleaseSpec, Target, TargetError, TelemetryError
+from rollout.ledger.model import RequestRecord, TransitionArgs
+from rollout.ports import ReleaseSpec, Target, TargetError, TargetState, TargetUnreachable
 
 KEEP_RELEASES = 50
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
-
-class LedgerStatus(BaseModel):
-    """What ``portalctl release status`` shows."""
-
-    stack: str
-    target: str
-    stable: Stable | None
-    lease: Lease | None
-    lease_live: bool
-    active: Release | None
-    releases: list[Release]
-    contract_migrations: list[ContractMigration]
+__all__ = ["LedgerStatus", "ReleaseEngine"]
 
 
 class ReleaseEngine:
@@ -79,6 +74,7 @@ class ReleaseEngine:
             lease.holder = holder
         self.ctx = Context(cfg, target, self.ledger, lease, clock, sleep, events or ignore)
         self.stackfile = stackfile
+        self.endings = Endings(self.ctx, stackfile)
         self.steps = StepRunner(self.ctx, self._transition)
 
     @property
@@ -92,18 +88,19 @@ class ReleaseEngine:
             raise ReleaseError(
                 f"version {spec.version!r} is not a valid label (1-64 of A-Za-z0-9._+-)"
             )
+        self._check_stack_file()
         state = self.target.workloads.state()
         now = self.ctx.clock()
         spec = replace(spec, release_id=spec.release_id or release_id_for(spec.version, now))
 
         def begin(doc: LedgerDoc) -> None:
-            self.ctx.lease.take(doc, spec.release_id)
             active = doc.active()
             if active is not None:
                 raise ReleaseInProgress(
                     f"release {active.id} ({active.version}) is {active.status}: "
                     "resume, promote or abort it first"
                 )
+            stable.refuse_pending_rollback(doc)
             if doc.stable is None:
                 doc.stable = Stable(version=state.stable_version, image=state.stable_image, at=now)
                 doc.stable_history = [doc.stable.model_copy()]
@@ -123,18 +120,23 @@ class ReleaseEngine:
             )
             del doc.releases[:-KEEP_RELEASES]
 
-        self.ledger.update(begin)
+        self.ctx.take(begin, spec.release_id, "start")
         steps = ", ".join(s.describe() for s in self.canary.steps)
         self.ctx.emit(
             "started",
             spec.release_id,
             f"release {spec.release_id}: {spec.version} on {self.target.name}, steps {steps}",
         )
-        self._publish(spec.release_id, spec.version, 0)
+        self.endings.publish(spec.release_id, spec.version, 0)
         return self._run(spec.release_id)
 
     def resume(self) -> Outcome:
-        """Continue the release in flight whose ``portalctl`` died (or that was held)."""
+        """Continue the release in flight whose ``portalctl`` died (or that was held), or finish
+        an interrupted scripted rollback."""
+        self._check_stack_file()
+        doc = self.ledger.read()
+        if doc.active() is None and stable.pending_rollback(doc) is not None:
+            return stable.finish_rollback(self.ctx, self.endings)
         release_id = ""
 
         def take(doc: LedgerDoc) -> None:
@@ -142,27 +144,28 @@ class ReleaseEngine:
             active = doc.active()
             if active is None:
                 raise ReleaseError("no release in flight to resume")
-            if active.status is ReleaseStatus.PAUSED:
+            if active.status is ReleaseStatus.PAUSED and active.pending_transition() is None:
                 raise ReleaseError(
                     f"release {active.id} is paused for approval: "
                     "`portalctl release promote` or `portalctl release abort`"
                 )
             release_id = active.id
-            self.ctx.lease.take(doc, release_id)
             active.status = ReleaseStatus.PROGRESSING
             active.holder = self.holder
 
-        self.ledger.update(take)
+        self.ctx.take(take, self._active_id(), "resume")
+        self._announce_takeover(release_id)
         self.ctx.emit("info", release_id, f"resuming release {release_id}")
         return self._run(release_id)
 
     def request(self, action: Request | str, by: str) -> Outcome | None:
         """Record a promote or abort. A live ``portalctl`` running the release acts on it within
-        one check interval (returns ``None``); with none, this call acts itself."""
+        one check interval (returns ``None``); with none, this call takes the lease and acts."""
         try:
             action = Request(action)
         except ValueError:
             raise ReleaseError(f"unknown request {action!r} (promote | abort)") from None
+        self._check_stack_file()
         now = self.ctx.clock()
         acting = False
         release_id = ""
@@ -179,21 +182,30 @@ class ReleaseEngine:
             acting = not live_other
             active.requests.append(RequestRecord(action=action, by=by, at=now, handled=acting))
             if acting:
-                self.ctx.lease.take(doc, release_id)
+                self.ctx.lease.take(doc, release_id, str(action))
 
         self.ledger.update(record)
         self.ctx.emit("request", release_id, f"{action} requested by {by}")
         if not acting:
             return None
-        try:
-            if action is Request.ABORT:
-                return self._rollback(release_id, Stop(StopKind.ROLL_BACK, f"aborted by {by}"))
-            return self._promote(release_id, f"promoted by {by}")
-        finally:
-            self.ctx.lease.drop(self.ledger)
+        self.ctx.lease.held_until = self.ctx.clock() + self.ctx.lease.ttl_s
+        self._announce_takeover(release_id)
+        if action is Request.ABORT:
+            stop = Stop(StopKind.ROLL_BACK, f"aborted by {by}")
+            return self._under_lease(release_id, lambda: self.endings.rollback(release_id, stop))
+        reason = f"promoted by {by}"
+        return self._under_lease(release_id, lambda: self.endings.promote(release_id, reason))
 
     def status(self) -> LedgerStatus:
+        """The ledger, what the target runs now (when it answers), and what an interrupted
+        transition leaves open."""
         doc = self.ledger.read()
+        running: TargetState | None = None
+        running_error = None
+        try:
+            running = self.target.workloads.state()
+        except TargetError as exc:
+            running_error = str(exc)
         return LedgerStatus(
             stack=doc.stack,
             target=doc.target,
@@ -203,12 +215,17 @@ class ReleaseEngine:
             active=doc.active(),
             releases=doc.releases,
             contract_migrations=doc.contract_migrations,
+            pending=pending_of(doc, running),
+            running=running,
+            running_error=running_error,
+            takeovers=doc.takeovers,
         )
 
     def rollback(self, to: str | None = None, force: bool = False) -> Outcome:
         """Scripted rollback of stable to the last known-good release, or ``to`` (a release id
         or version). Refused where a contract migration ran since, unless ``force``."""
-        return stable.rollback(self.ctx, self._record_version, to, force)
+        self._check_stack_file()
+        return stable.rollback(self.ctx, self.endings, to, force)
 
     def contract(self, by: str) -> list[str]:
         """Run the contract migrations of the stable version and record them."""
@@ -216,14 +233,55 @@ class ReleaseEngine:
 
     # ========================================================================= the run
 
-    def _run(self, release_id: str) -> Outcome:
+    def _under_lease(self, release_id: str, fn: Callable[[], Outcome]) -> Outcome:
+        """``fn`` with the lease renewed in the background, dropped at the end. A ledger that
+        cannot be written ends the run HELD, as the ledger last recorded it."""
         try:
-            return self._drive(release_id)
+            with self.ctx.holding():
+                return fn()
+        except (ProviderGaveUp, TargetUnreachable, LedgerError) as exc:
+            if isinstance(exc, LedgerError) and "cannot be written" not in str(exc):
+                raise
+            reason = (
+                f"the ledger could not be written ({exc}); the release stays as the ledger last "
+                "recorded it: `portalctl release status`, then `resume` once it can be"
+            )
+            self.ctx.emit("held", release_id, reason)
+            return Outcome(OutcomeStatus.HELD, release_id, reason)
         finally:
             self.ctx.lease.drop(self.ledger)
 
+    def _run(self, release_id: str) -> Outcome:
+        return self._under_lease(release_id, lambda: self._drive(release_id))
+
     def _release(self, release_id: str) -> Release:
         return require(self.ledger.read(), release_id)
+
+    def _active_id(self) -> str:
+        active = self.ledger.read().active()
+        return active.id if active is not None else ""
+
+    def _announce_takeover(self, release_id: str) -> None:
+        doc = self.ledger.read()
+        last = doc.takeovers[-1] if doc.takeovers else None
+        if last is not None and last.holder == self.holder and last.release_id == release_id:
+            self.ctx.emit(
+                "lease",
+                release_id,
+                f"took over the lease of {last.previous}, which expired "
+                f"{max(0.0, last.at - last.expired_at):.0f}s ago (recorded in the ledger)",
+            )
+
+    def _check_stack_file(self) -> None:
+        """A stack file a promotion could not update is refused before anything changes."""
+        if self.stackfile is None:
+            return
+        from rollout.stackfile import StackFileError, check_stack_file
+
+        try:
+            check_stack_file(self.stackfile)
+        except StackFileError as exc:
+            raise ReleaseError(str(exc)) from None
 
     def _drive(self, release_id: str) -> Outcome:
         release = self._release(release_id)
@@ -233,9 +291,9 @@ class ReleaseEngine:
             self.ctx.emit("info", release_id, f"redoing unfinished transition {pending.action}")
             if pending.action is Action.ROLLBACK:
                 reason = release.reason or "rollback interrupted; finished now"
-                return self._rollback(release_id, Stop(StopKind.ROLL_BACK, reason))
+                return self.endings.rollback(release_id, Stop(StopKind.ROLL_BACK, reason))
             if pending.action is Action.PROMOTE:
-                return self._promote(release_id, "promotion interrupted; finished now")
+                return self.endings.promote(release_id, "promotion interrupted; finished now")
         try:
             self._prepare(release, spec)
             steps = self.canary.steps
@@ -244,17 +302,17 @@ class ReleaseEngine:
                 self._passed(release_id, index)
         except Stop as stop:
             if stop.kind is StopKind.PROMOTE_NOW:
-                return self._promote(release_id, stop.reason)
+                return self.endings.promote(release_id, stop.reason)
             if stop.kind in (StopKind.HOLD, StopKind.PAUSE):
-                return self._hold(release_id, stop)
-            return self._rollback(release_id, stop)
-        return self._promote(release_id, "every step passed")
+                return self.endings.hold(release_id, stop)
+            return self.endings.rollback(release_id, stop)
+        return self.endings.promote(release_id, "every step passed")
 
     def _passed(self, release_id: str, index: int) -> None:
         def write(doc: LedgerDoc) -> None:
             require(doc, release_id).step = index + 1
 
-        self.ledger.update(write)
+        self.ctx.record(release_id, write)
 
     def _prepare(self, release: Release, spec: ReleaseSpec) -> None:
         """The expand migrations, then the canary with no traffic (each once)."""
@@ -290,120 +348,24 @@ class ReleaseEngine:
     def _transition(
         self, release_id: str, action: Action, args: TransitionArgs, act: Callable[[], None]
     ) -> None:
+        """Write ``action`` ahead, perform it (retried while the target does not answer), mark
+        it done. A refusal rolls back; a target that stays silent applies onProviderError."""
         now = self.ctx.clock()
-
-        def write_intent(doc: LedgerDoc) -> None:
-            self.ctx.lease.renew(doc, now)
-            intent(require(doc, release_id), action, args, now)
-
-        self.ledger.update(write_intent)
+        self.ctx.record(release_id, lambda doc: intent(require(doc, release_id), action, args, now))
         try:
-            act()
+            self.ctx.act(release_id, str(action), act)
+        except ProviderGaveUp as exc:
+            kind = StopKind.HOLD if exc.then == "hold" else StopKind.ROLL_BACK
+            raise Stop(kind, str(exc), failure("target", action, str(exc.error))) from exc
         except TargetError as exc:
             raise Stop(
                 StopKind.ROLL_BACK, f"{action} failed: {exc}", failure("target", action, str(exc))
             ) from exc
 
         def finish(doc: LedgerDoc) -> None:
-            at = self.ctx.clock()
-            self.ctx.lease.renew(doc, at)
             release = require(doc, release_id)
-            done(release, at)
+            done(release, self.ctx.clock())
             if action is Action.SET_WEIGHT and args.weight is not None:
                 release.weight = args.weight
 
-        self.ledger.update(finish)
-
-    # ------------------------------------------------------------------ endings
-
-    def _rollback(self, release_id: str, stop: Stop) -> Outcome:
-        now = self.ctx.clock()
-        incident = incident_for(self._release(release_id), stop, now)
-
-        def write_intent(doc: LedgerDoc) -> None:
-            release = require(doc, release_id)
-            release.reason = stop.reason
-            intent(release, Action.ROLLBACK, TransitionArgs(), now, redo_last=True)
-            if release.incident is None:
-                release.incident = incident
-
-        self.ledger.update(write_intent)
-        self.target.workloads.rollback()
-
-        def finish(doc: LedgerDoc) -> None:
-            release = require(doc, release_id)
-            done(release, self.ctx.clock())
-            release.status = ReleaseStatus.ABORTED
-            release.weight = 0
-            release.ended_at = self.ctx.clock()
-
-        self.ledger.update(finish)
-        release = self._release(release_id)
-        self._publish(release_id, release.version, 2, aborted_at=now)
-        data = {"incident": release.incident.model_dump(mode="json") if release.incident else None}
-        self.ctx.emit("rolled_back", release_id, f"rolled back: {stop.reason}", data=data)
-        return Outcome(OutcomeStatus.ABORTED, release_id, stop.reason, release.incident)
-
-    def _promote(self, release_id: str, reason: str) -> Outcome:
-        release = self._release(release_id)
-        spec = ReleaseSpec(release.id, release.version, release.image)
-        now = self.ctx.clock()
-        self.ledger.update(
-            lambda d: intent(require(d, release_id), Action.PROMOTE, TransitionArgs(), now, True)
-        )
-        try:
-            self.target.workloads.promote(spec)
-        except TargetError as exc:
-            return self._rollback(release_id, Stop(StopKind.ROLL_BACK, f"promotion failed: {exc}"))
-
-        def finish(doc: LedgerDoc) -> None:
-            at = self.ctx.clock()
-            r = require(doc, release_id)
-            done(r, at)
-            r.status, r.weight, r.ended_at, r.reason = ReleaseStatus.PROMOTED, 0, at, reason
-            doc.stable = Stable(
-                version=spec.version, image=spec.image, release_id=release_id, at=at
-            )
-            doc.stable_history.append(doc.stable.model_copy())
-
-        self.ledger.update(finish)
-        self._record_version(spec.version, spec.image)
-        self._publish(release_id, spec.version, 1)
-        self.ctx.emit("promoted", release_id, f"{spec.version} promoted: {reason}")
-        return Outcome(OutcomeStatus.PROMOTED, release_id, reason)
-
-    def _hold(self, release_id: str, stop: Stop) -> Outcome:
-        status = ReleaseStatus.PAUSED if stop.kind is StopKind.PAUSE else ReleaseStatus.HELD
-
-        def write(doc: LedgerDoc) -> None:
-            release = require(doc, release_id)
-            release.status, release.reason = status, stop.reason
-
-        self.ledger.update(write)
-        if status is ReleaseStatus.HELD:
-            self.ctx.emit(
-                "held",
-                release_id,
-                f"held: {stop.reason} - `portalctl release resume`, `promote` or `abort`",
-            )
-        return Outcome(OutcomeStatus.HELD, release_id, stop.reason)
-
-    # --------------------------------------------------------------------- plumbing
-
-    def _record_version(self, version: str, image: str | None) -> None:
-        """The promoted (or rolled-back-to) version into ``Pulumi.<stack>.yaml``."""
-        if self.stackfile is None:
-            return
-        from rollout.stackfile import set_app_version
-
-        set_app_version(self.stackfile, version, image)
-
-    def _publish(
-        self, release_id: str, version: str, status: int, aborted_at: float | None = None
-    ) -> None:
-        """The release's state to the Pushgateway (best effort: never fails a release)."""
-        event = ReleaseEvent(self.cfg.stack, release_id, version, status, aborted_at)
-        try:
-            self.target.telemetry.publish(event)
-        except TelemetryError as exc:
-            self.ctx.emit("info", release_id, str(exc))
+        self.ctx.record(release_id, finish)

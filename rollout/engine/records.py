@@ -14,10 +14,13 @@ RUNBOOK = "release-aborted"
 def intent(
     release: Release, action: Action, args: TransitionArgs, now: float, redo_last: bool = False
 ) -> None:
-    """Record ``action`` as about to happen (write-ahead). ``redo_last``: when the last record
-    is already this action (a crash interrupted it), that record is performed again."""
+    """Record ``action`` as about to happen (write-ahead). When the last record is this action,
+    still ``intent`` with the same arguments (a crash interrupted it), that record is performed
+    again; ``redo_last``: whatever its state (a promotion or rollback is one transition)."""
     transitions = release.transitions
-    if redo_last and transitions and transitions[-1].action is action:
+    last = transitions[-1] if transitions else None
+    redo = redo_last or (last is not None and last.state is TransitionState.INTENT)
+    if last is not None and last.action is action and redo and (redo_last or last.args == args):
         return
     transitions.append(
         Transition(

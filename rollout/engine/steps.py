@@ -13,10 +13,12 @@ from rollout.engine.context import Context
 from rollout.engine.outcome import Stop, StopKind
 from rollout.ledger import Action, LedgerDoc, Request, require
 from rollout.ledger.model import RequestRecord, Sample, TransitionArgs, VerdictRecord
-from rollout.ports import ReleaseSpec, TargetError
+from rollout.ports import ReleaseSpec, TargetError, TargetUnreachable
 from rollout.prometheus import PrometheusError
 from rollout.readings import MetricsSample, Snapshot, queries, snapshots_of, track_counts
 
+UNAVAILABLE = {"metrics": "Prometheus", "health": "the health probes", "ledger": "the ledger"}
+"""What a gate's PROVIDER_ERROR means, in the reason of a policy's hold or rollback."""
 Transition = Callable[[str, Action, TransitionArgs, Callable[[], None]], None]
 
 
@@ -33,6 +35,7 @@ class StepRunner:
         self.ctx = ctx
         self.canary = ctx.cfg.canary
         self.transition = transition
+        self._unsaved: list[tuple[Sample, list[VerdictRecord]]] = []
 
     def run(self, release_id: str, spec: ReleaseSpec, index: int, step: Step) -> None:
         total = len(self.canary.steps)
@@ -76,7 +79,7 @@ class StepRunner:
             self._health(streaks, settling=True)
         window = _Window(start=ctx.clock())
         # the readings of the release so far: the evidence keeps growing across steps
-        release = require(ctx.ledger.read(), release_id)
+        release = require(ctx.act(release_id, "reading the ledger", ctx.ledger.read), release_id)
         history = snapshots_of([s.model_dump(mode="json") for s in release.samples])
         opened = False
         while True:
@@ -93,7 +96,7 @@ class StepRunner:
                 opened = True
             results = [health, metrics]
             keep = elapsed >= step.analysis_s or any(r.verdict != "PASS" for r in results)
-            self._record(release_id, index, weight, elapsed, results, sample, keep)
+            saved = self._record(release_id, index, weight, elapsed, results, sample, keep)
             for result in results:
                 ctx.emit(
                     "verdict",
@@ -103,7 +106,7 @@ class StepRunner:
                     weight=weight,
                     data={"elapsed_s": elapsed, "window_s": step.analysis_s, **result.to_dict()},
                 )
-            if self._judge(window, now, health, metrics) and elapsed >= step.analysis_s:
+            if self._judge(window, now, results, saved) and elapsed >= step.analysis_s:
                 ctx.emit(
                     "info",
                     release_id,
@@ -113,57 +116,63 @@ class StepRunner:
                 )
                 return
 
-    def _judge(self, window: _Window, now: float, health: GateResult, metrics: GateResult) -> bool:
+    def _judge(self, window: _Window, now: float, results: list[GateResult], saved: bool) -> bool:
         """True when this round counts towards passing; a ``Stop`` when the release must end.
-        A verdict that is neither PASS nor FAIL keeps the weight until its policy's limit."""
+        A verdict that is neither PASS nor FAIL (of either gate, or a round whose readings the
+        ledger could not take) keeps the weight until its policy's limit."""
         c = self.canary
-        if health.verdict == "FAIL":
-            raise Stop(StopKind.ROLL_BACK, f"health gate failed: {health.reason}", health)
-        if metrics.verdict == "FAIL":
-            raise Stop(StopKind.ROLL_BACK, f"metrics gate failed: {metrics.reason}", metrics)
-        policies = {
-            "PROVIDER_ERROR": (c.on_provider_error, "onProviderError", "Prometheus unavailable"),
-            "INSUFFICIENT_DATA": (
-                c.on_insufficient_data,
-                "onInsufficientData",
-                "insufficient data",
-            ),
-        }
-        if metrics.verdict != "PROVIDER_ERROR":
+        for result in results:
+            if result.verdict == "FAIL":
+                raise Stop(
+                    StopKind.ROLL_BACK, f"{result.gate} gate failed: {result.reason}", result
+                )
+        waiting = [r for r in results if r.verdict == "PROVIDER_ERROR"]
+        if not saved:
+            check = Check("ledger", "PROVIDER_ERROR", None, None, None, "", "ledger out of reach")
+            waiting.append(GateResult("ledger", "PROVIDER_ERROR", (check,), check.detail))
+        if not waiting:
+            waiting = [r for r in results if r.verdict == "INSUFFICIENT_DATA"]
+        verdict = waiting[0].verdict if waiting else "PASS"
+        if verdict != "PROVIDER_ERROR":
             window.since.pop("PROVIDER_ERROR", None)
-        if metrics.verdict not in policies:
+        if verdict == "PASS":
             window.since.clear()
             return True
-        policy, key, what = policies[metrics.verdict]
-        lasted = now - window.since.setdefault(metrics.verdict, now)
-        _apply_policy(policy, key, what, lasted, metrics)
+        policy: VerdictPolicy = c.on_insufficient_data
+        what, key = "insufficient data", "onInsufficientData"
+        if verdict == "PROVIDER_ERROR":
+            gate = waiting[0].gate
+            what = f"{UNAVAILABLE.get(gate, gate)} unavailable"
+            policy, key = c.on_provider_error, "onProviderError"
+        lasted = now - window.since.setdefault(verdict, now)
+        _apply_policy(policy, key, what, lasted, waiting[0])
         return False
 
     def _between_checks(self, release_id: str) -> None:
-        """Act on promote/abort requests, and renew the lease when it runs low (each recorded
-        check round renews it too, so most rounds only read here)."""
+        """Act on promote/abort requests written to the ledger meanwhile (the lease is renewed
+        in the background; ``LeaseLost`` here when another holder has it)."""
         ctx = self.ctx
-        now = ctx.clock()
-        doc = ctx.ledger.read()
-        lease = ctx.lease.check(doc)
-        pending = any(not r.handled for r in require(doc, release_id).requests)
-        if (
-            not pending
-            and lease.expires_at - now > self.canary.lease_ttl_s / 2 + self.canary.interval_s
-        ):
+        try:
+            doc = ctx.ledger.read()
+        except TargetUnreachable:
+            return  # the ledger is out of reach: this round's record will say so
+        ctx.lease.check(doc)
+        if all(r.handled for r in require(doc, release_id).requests):
             return
         found: RequestRecord | None = None
 
-        def renew(doc: LedgerDoc) -> None:
+        def handle(doc: LedgerDoc) -> None:
             nonlocal found
-            ctx.lease.renew(doc, now)
             for req in require(doc, release_id).requests:
                 if not req.handled:
                     req.handled = True
                     found = req.model_copy()
                     break
 
-        ctx.ledger.update(renew)
+        try:
+            ctx.write(handle)
+        except TargetUnreachable:
+            return
         if found is None:
             return
         if found.action is Request.ABORT:
@@ -228,7 +237,9 @@ class StepRunner:
         results: list[GateResult],
         sample: MetricsSample | None,
         keep: bool,
-    ) -> None:
+    ) -> bool:
+        """Add this round to the ledger (with the rounds an unreachable ledger could not take
+        before it); whether it was written."""
         ctx = self.ctx
         now = ctx.clock()
         point = Sample.model_validate(
@@ -244,14 +255,26 @@ class StepRunner:
             for r in results
         ]
 
-        def add(doc: LedgerDoc) -> None:
-            ctx.lease.renew(doc, now)
-            release = require(doc, release_id)
-            release.samples.append(point)
-            if keep:
-                release.verdicts.extend(verdicts)
+        self._unsaved.append((point, verdicts if keep else []))
 
-        ctx.ledger.update(add)
+        def add(doc: LedgerDoc) -> None:
+            release = require(doc, release_id)
+            for unsaved, kept in self._unsaved:
+                release.samples.append(unsaved)
+                release.verdicts.extend(kept)
+
+        try:
+            ctx.write(add)
+        except TargetUnreachable as exc:
+            ctx.emit(
+                "provider_error",
+                release_id,
+                f"the ledger is out of reach ({exc}): {len(self._unsaved)} round(s) of "
+                "readings kept here, written with the next round that reaches it",
+            )
+            return False
+        self._unsaved.clear()
+        return True
 
 
 def _apply_policy(

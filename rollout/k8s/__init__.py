@@ -15,7 +15,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from contract.config import StackConfig
-from rollout.k8s.api import Deployments, http_auth, kubeconfig_client, service_proxy
+from rollout.k8s.api import Deployments, harden, http_auth, kubeconfig_client, service_proxy
 from rollout.k8s.diagnostics import KubeDiagnostics, admin_unavailable
 from rollout.k8s.ledger_store import ConfigMapLedgerStore
 from rollout.k8s.migrator import JobMigrator, Jobs
@@ -38,6 +38,7 @@ def kubernetes_target(
     prometheus_url: str | None = None,
 ) -> Target:
     """The stack's namespace on the cluster ``api_client`` reaches."""
+    harden(api_client)
     ns, names = cfg.namespace, cfg.names
     deployments = Deployments(api_client, ns, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
     router: IngressRouter | ReplicaRouter = (

@@ -3,51 +3,185 @@ patched, scaled and waited on, and the kubeconfig's credentials for the service 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import urllib3
+import yaml
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
-from rollout.ports import TargetError
+from rollout.ports import TargetError, TargetUnreachable
 from rollout.telemetry import HttpAuth
+
+REQUEST_TIMEOUT_S = (5.0, 30.0)
+"""Every API call's (connect, read) timeout: a server that stops answering is a
+``TargetUnreachable`` after at most this long, never a hang."""
+
+RETRYABLE_STATUS = frozenset({401, 408, 429, 500, 502, 503, 504})
+"""Answers that may change by themselves: the server overloaded or restarting, or credentials
+it rejected (an exec, OIDC or token-file credential is refreshed before the next call)."""
 
 
 def api_error(what: str, exc: ApiException) -> TargetError:
     try:
         message = json.loads(exc.body or "{}").get("message") or exc.reason
-    except ValueError:
+    except (ValueError, AttributeError):
         message = exc.reason
-    return TargetError(f"{what}: HTTP {exc.status}: {message}")
+    if exc.status == 0:  # the client's own transport failure (TLS...)
+        return TargetUnreachable(f"{what}: the API server did not answer: {message}")
+    kind = TargetUnreachable if exc.status in RETRYABLE_STATUS else TargetError
+    return kind(f"{what}: HTTP {exc.status}: {message}")
+
+
+def unreachable(what: str, host: str, exc: BaseException) -> TargetUnreachable:
+    """A transport failure (refused, reset, timed out...) in one line."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason).split(": ", 1)[-1] if isinstance(reason, Exception) else str(reason)
+    return TargetUnreachable(f"{what}: the API server at {host} did not answer ({text})")
+
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+"""What the kubernetes client lets through when the connection fails (urllib3's errors: a
+refused or reset connection, a read timeout, a broken response; socket errors)."""
+
+RETRIES = urllib3.Retry(total=3, connect=3, read=0, status=0, redirect=0, backoff_factor=0.2)
+"""A refused connection is tried again at once (a restarting server); a read that timed out is
+not (the timeout already waited), so one call fails within its timeout."""
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a transport failure (or the ``TargetUnreachable`` made of one) was a timeout."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, urllib3.exceptions.TimeoutError | TimeoutError):
+            return True
+        reason = getattr(seen, "reason", None)
+        seen = reason if isinstance(reason, BaseException) else seen.__cause__
+    return False
+
+
+def harden(api_client: client.ApiClient) -> client.ApiClient:
+    """``api_client`` with ``RETRIES`` instead of urllib3's default (which retries a timed-out
+    read three times, so one call to a stopped server would hang for four timeouts)."""
+    api_client.configuration.retries = RETRIES
+    api_client.rest_client = rest.RESTClientObject(api_client.configuration)
+    return api_client
+
+
+class TimedApi:
+    """One of the client's API groups (``CoreV1Api``...) whose every call carries a timeout and
+    raises ``ApiException`` or ``TargetUnreachable``, never a transport error."""
+
+    def __init__(self, api: Any, timeout: tuple[float, float] = REQUEST_TIMEOUT_S) -> None:
+        self._api = api
+        self._timeout = timeout
+        self._host = str(api.api_client.configuration.host)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._api, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("_request_timeout", self._timeout)
+            try:
+                return method(*args, **kwargs)
+            except ApiException:
+                raise
+            except TRANSPORT_ERRORS as exc:
+                raise unreachable(name, self._host, exc) from exc
+
+        return call
 
 
 def kubeconfig_client(context: str | None = None) -> client.ApiClient:
-    """An API client from the kubeconfig (its ``context``), or the in-cluster service account."""
+    """An API client from the kubeconfig (its ``context``), or the in-cluster service account.
+
+    Its credentials stay refreshable: the kubernetes client re-runs an exec plugin or refreshes
+    an OIDC token when it expires (and re-reads the in-cluster token every minute); a kubeconfig
+    ``tokenFile`` is re-read whenever the file changes (the client itself reads it once)."""
+    conf = client.Configuration()
     try:
-        config.load_kube_config(context=context)  # type: ignore[no-untyped-call]
+        config.load_kube_config(context=context, client_configuration=conf)  # type: ignore[no-untyped-call]
     except Exception as kube_exc:  # the client raises several kinds; all mean "no config"
         try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
         except config.ConfigException:
             raise TargetError(
                 f"no Kubernetes credentials: {kube_exc} (set KUBECONFIG or "
                 "~/.kube/config, or pass --context)"
             ) from None
-    return client.ApiClient()
+    else:
+        token_file = kubeconfig_token_file(context)
+        if token_file is not None:
+            follow_token_file(conf, token_file)
+    conf.retries = RETRIES
+    return client.ApiClient(conf)
+
+
+def kubeconfig_token_file(context: str | None = None) -> Path | None:
+    """The ``tokenFile`` of the context's user in the kubeconfig, if it names one."""
+    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p] or [
+        os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
+    ]
+    docs = []
+    for path in paths:
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            doc = yaml.safe_load(Path(path).read_text())
+            if isinstance(doc, dict):
+                docs.append((Path(path), doc))
+    contexts = [d["current-context"] for _, d in docs if d.get("current-context")]
+    current = context or (contexts[0] if contexts else None)
+
+    def named(kind: str, name: Any) -> tuple[Path, dict[str, Any]] | None:
+        for path, doc in docs:
+            for entry in doc.get(kind) or []:
+                if isinstance(entry, dict) and entry.get("name") == name:
+                    return path, entry.get(kind[:-1]) or {}
+        return None
+
+    found = named("contexts", current)
+    user = named("users", found[1].get("user")) if found else None
+    if user is None or not user[1].get("tokenFile"):
+        return None
+    return user[0].parent / str(user[1]["tokenFile"])
+
+
+def follow_token_file(conf: client.Configuration, path: Path) -> None:
+    """Every request's token comes from ``path`` as it is now (re-read when it changes)."""
+    previous = conf.refresh_api_key_hook
+    seen: dict[str, Any] = {}
+
+    def refresh(c: client.Configuration) -> None:
+        if previous is not None:
+            previous(c)
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if seen.get("stamp") != stamp:
+                seen["stamp"], seen["token"] = stamp, path.read_text().strip()
+        if seen.get("token"):
+            c.api_key["BearerToken"] = f"Bearer {seen['token']}"
+
+    setattr(conf, "refresh_api_key_hook", refresh)  # noqa: B010 - typed None in the client
 
 
 def http_auth(api_client: client.ApiClient) -> HttpAuth:
-    """The kubeconfig's token and CA, for requests through the API server's service proxy."""
+    """The client's credentials and CA for requests through the API server's service proxy.
+    The token is asked of the client's configuration at every request, so whatever refreshes
+    it for the API calls (exec, OIDC, a token file) refreshes it here too."""
     conf = api_client.configuration
-    headers: dict[str, str] = {}
-    keys = conf.api_key or {}
-    token = keys.get("authorization") or keys.get("BearerToken")
-    if token:
-        prefix = (conf.api_key_prefix or {}).get("authorization", "")
-        headers["Authorization"] = f"{prefix} {token}".strip()
+
+    def headers() -> dict[str, str]:
+        bearer = conf.auth_settings().get("BearerToken")
+        return {"Authorization": str(bearer["value"])} if bearer and bearer["value"] else {}
+
     context = None
     if str(conf.host).startswith("https"):
         context = ssl.create_default_context(cafile=conf.ssl_ca_cert)
@@ -78,7 +212,7 @@ class Deployments:
     ) -> None:
         # The generated clients' models are Optional all the way down; we read what the API
         # server guarantees, so they are used untyped here.
-        self.apps: Any = client.AppsV1Api(api_client)
+        self.apps: Any = TimedApi(client.AppsV1Api(api_client))
         self.namespace = namespace
         self.poll_s = poll_s
         self.timeout_s = timeout_s

@@ -13,22 +13,28 @@ from contract.config import StackConfig
 from contract.labels import TRACK, VERSION, Track, app_selector, label_selector
 from contract.names import DATABASE_URL
 from rollout import health
-from rollout.k8s.api import api_error
+from rollout.k8s.api import TRANSPORT_ERRORS, TimedApi, api_error, timed_out, unreachable
 from rollout.k8s.migrator import Jobs
 from rollout.ports import (
     ClusterEvent,
     HealthProbe,
     Instance,
     JobStatus,
+    TargetUnreachable,
     Unavailable,
 )
+
+PROBE_TIMEOUT_S = (5.0, 5.0)
+"""(connect, read) of one pod's health probe through the API server."""
+PROBE_ERRORS: tuple[type[BaseException], ...] = (TargetUnreachable, *TRANSPORT_ERRORS)
 
 
 class KubeDiagnostics:
     def __init__(self, cfg: StackConfig, api_client: client.ApiClient, jobs: Jobs) -> None:
         self.cfg = cfg
         self.namespace = cfg.namespace
-        self.core: Any = client.CoreV1Api(api_client)
+        self.core: Any = TimedApi(client.CoreV1Api(api_client))
+        self.host = str(api_client.configuration.host)
         self.jobs = jobs
 
     def _pods(self, track: Track | None) -> list[Any]:
@@ -60,21 +66,35 @@ class KubeDiagnostics:
         return out
 
     def probe(self, track: Track | None = None) -> list[HealthProbe]:
-        """``/api/health/advanced`` of each pod, through the API server's pod proxy."""
+        """``/api/health/advanced`` of each pod, through the API server's pod proxy. A pod that
+        does not answer within ``PROBE_TIMEOUT_S`` failed its probe; an API server that does
+        not answer is a ``TargetUnreachable``."""
         probes = []
         for pod in self._pods(track):
             name = pod.metadata.name
+            pod_track = (pod.metadata.labels or {}).get(TRACK)
             try:
                 resp = self.core.connect_get_namespaced_pod_proxy_with_path(
                     f"{name}:{self.cfg.app.port}",
                     self.namespace,
                     "api/health/advanced",
                     _preload_content=False,
+                    _request_timeout=PROBE_TIMEOUT_S,
                 )
-                code, raw = resp.status, resp.data
+                try:
+                    code, raw = resp.status, resp.data
+                finally:
+                    resp.release_conn()
             except ApiException as exc:
                 code, raw = exc.status, (exc.body or "").encode()
-            pod_track = (pod.metadata.labels or {}).get(TRACK)
+            except PROBE_ERRORS as exc:
+                if not timed_out(exc):
+                    if isinstance(exc, TargetUnreachable):
+                        raise
+                    raise unreachable(f"probing pod {name}", self.host, exc) from exc
+                detail = f"no answer within {PROBE_TIMEOUT_S[1]:g}s through the pod proxy"
+                probes.append(HealthProbe(name, False, None, None, detail, pod_track))
+                continue
             probes.append(health.from_response(name, int(code), raw, pod_track))
         return probes
 

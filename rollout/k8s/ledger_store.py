@@ -10,7 +10,8 @@ from kubernetes.client.exceptions import ApiException
 
 from contract.config import StackConfig
 from contract.labels import LEDGER, MANAGED_BY, PORTALCTL, selector
-from rollout.k8s.api import api_error
+from rollout.k8s.api import TimedApi, api_error
+from rollout.ledger.store import parse_document
 from rollout.ports import ConflictError
 
 LEDGER_KEY = "ledger.json"
@@ -18,10 +19,14 @@ LEDGER_KEY = "ledger.json"
 
 class ConfigMapLedgerStore:
     def __init__(self, cfg: StackConfig, api_client: client.ApiClient) -> None:
-        self.core: Any = client.CoreV1Api(api_client)
+        self.core: Any = TimedApi(client.CoreV1Api(api_client))
         self.namespace = cfg.namespace
         self.name = cfg.names.ledger
         self.labels = {**selector(cfg.names.app, LEDGER), MANAGED_BY: PORTALCTL}
+
+    @property
+    def where(self) -> str:
+        return f"ledger ConfigMap {self.namespace}/{self.name} ({LEDGER_KEY})"
 
     def load(self) -> tuple[dict[str, Any] | None, str | None]:
         try:
@@ -31,7 +36,7 @@ class ConfigMapLedgerStore:
                 return None, None
             raise api_error(f"reading ConfigMap {self.name}", exc) from exc
         raw = (cm.data or {}).get(LEDGER_KEY)
-        doc = json.loads(raw) if raw else None
+        doc = parse_document(raw, self.where) if raw else None
         return doc, cm.metadata.resource_version
 
     def save(self, doc: dict[str, Any], token: str | None) -> str:

@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from contract.config import StackConfig
 from contract.labels import PORTALCTL
 from contract.migration import migration_job
-from rollout.k8s.api import api_error
+from rollout.k8s.api import TimedApi, api_error
 from rollout.ports import JobStatus, MigrationResult, Phase, ReleaseSpec, TargetError
 
 
@@ -22,8 +22,8 @@ class Jobs:
     """Read the Jobs (and their pods' logs) of one namespace."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.batch: Any = client.BatchV1Api(api_client)
-        self.core: Any = client.CoreV1Api(api_client)
+        self.batch: Any = TimedApi(client.BatchV1Api(api_client))
+        self.core: Any = TimedApi(client.CoreV1Api(api_client))
         self.namespace = namespace
 
     def status(self, name: str) -> JobStatus | None:
@@ -56,8 +56,8 @@ class Jobs:
                 for line in reversed(str(log).splitlines()):
                     if line.startswith("{"):
                         return tuple(json.loads(line).get("applied") or ())
-        except (ApiException, ValueError):
-            pass
+        except (ApiException, TargetError, ValueError):
+            pass  # what was applied is information, not the verdict: the Job's status is
         return ()
 
 

@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from contract.config import StackConfig
 from contract.labels import CANARY_WEIGHT_ANNOTATION
-from rollout.k8s.api import Deployments, api_error
+from rollout.k8s.api import Deployments, TimedApi, api_error
 from rollout.ports import TargetError
 
 
@@ -24,7 +24,7 @@ class IngressRouter:
     """The canary Ingress's ``nginx.ingress.kubernetes.io/canary-weight`` annotation."""
 
     def __init__(self, cfg: StackConfig, api_client: client.ApiClient) -> None:
-        self.net: Any = client.NetworkingV1Api(api_client)
+        self.net: Any = TimedApi(client.NetworkingV1Api(api_client))
         self.namespace = cfg.namespace
         self.name = cfg.names.canary_ingress
 

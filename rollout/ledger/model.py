@@ -6,7 +6,9 @@ incident, the scripted rollbacks, the contract migrations applied and the incide
 runs that concerned no release. Statuses and actions are enums; an incident has one shape
 wherever it comes from (a failed gate, an operator, a runbook run).
 
-Documents written before the schema had a version (``"version": 1``) are read and upgraded.
+Documents written before the schema had a version (``"version": 1``) are read and upgraded;
+schema 2 reads as it is (3 only added records). A document of a newer schema than this code
+knows is refused, naming both versions, rather than half understood.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: lease takeovers, a scripted rollback's ``failed`` state."""
 
 
 class ReleaseStatus(StrEnum):
@@ -46,6 +49,8 @@ class Action(StrEnum):
 class TransitionState(StrEnum):
     INTENT = "intent"
     DONE = "done"
+    FAILED = "failed"
+    """Tried, failed, and undone (a scripted rollback whose stable was put back)."""
 
 
 class Request(StrEnum):
@@ -62,7 +67,23 @@ class Record(BaseModel):
 class Lease(Record):
     holder: str
     release_id: str | None = None
+    """The release (or ``rollback-...``, ``contract-...`` run) the holder acts on."""
     expires_at: float
+
+
+class Takeover(Record):
+    """A lease taken over after it expired: who held it, for what, and who took it."""
+
+    at: float
+    previous: str
+    """The holder whose lease had expired (a ``portalctl`` that died, froze or lost its way to
+    the ledger)."""
+    expired_at: float
+    release_id: str | None = None
+    holder: str
+    """The holder that took it."""
+    action: str
+    """What the new holder took it for (``resume``, ``abort``...)."""
 
 
 class Stable(Record):
@@ -205,6 +226,8 @@ class ScriptedRollback(Record):
     at: float
     forced: bool
     state: TransitionState
+    error: str | None = None
+    """Why it failed (``state`` is ``failed``: stable was put back where it was)."""
 
 
 class ContractMigration(Record):
@@ -227,12 +250,22 @@ class LedgerDoc(Record):
     rollbacks: list[ScriptedRollback] = Field(default_factory=list)
     incidents: list[Incident] = Field(default_factory=list)
     """Incidents of runbook runs that concerned no release."""
+    takeovers: list[Takeover] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
     def _upgrade(cls, data: Any) -> Any:
         if isinstance(data, dict) and "schema_version" not in data:
             return upgrade_v1(data)
+        if isinstance(data, dict):
+            version = data.get("schema_version")
+            if isinstance(version, int) and not isinstance(version, bool):
+                if version > SCHEMA_VERSION:
+                    raise ValueError(
+                        f"written by a newer portalctl (schema {version}); this one reads "
+                        f"schemas up to {SCHEMA_VERSION}: upgrade portalctl"
+                    )
+                return {**data, "schema_version": SCHEMA_VERSION}
         return data
 
     def find(self, release_id: str) -> Release | None:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_incrementing
 
+from rollout.durable import replace_file
 from rollout.ledger.model import Incident, IncidentAction, LedgerDoc, Release
 from rollout.ports import ConflictError, LedgerStore
 
@@ -42,23 +43,32 @@ def new_holder() -> str:
 
 class FileLedgerStore:
     """The ledger as a JSON file. The token is a revision counter stored in the file; a save
-    happens under an exclusive lock on ``<file>.lock`` and replaces the file atomically (write a
-    temporary file, fsync, rename), so a crash leaves the old or the new document, never half."""
+    happens under an exclusive lock on ``<file>.lock`` and replaces the file durably (a
+    temporary file, fsync, rename, fsync of the directory), so a crash leaves the old or the new
+    document, never half, and a save that returned survives a power cut."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = FileLock(self.path.with_name(self.path.name + ".lock"))
+
+    @property
+    def where(self) -> str:
+        return f"ledger {self.path}"
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
         try:
             raw = self.path.read_text()
         except FileNotFoundError:
             return None, None
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise LedgerError(f"ledger {self.path} is not valid JSON: {exc}") from exc
-        return doc, str(doc.pop("_revision", 0))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"{self.where}: cannot be read ({exc})") from exc
+        doc = parse_document(raw, self.where)
+        revision = doc.pop("_revision", 0)
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+            raise LedgerError(
+                f"{self.where}: _revision {revision!r} is not a revision number (0, 1, 2...)"
+            )
+        return doc, str(revision)
 
     def load(self) -> tuple[dict[str, Any] | None, str | None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,16 +80,46 @@ class FileLedgerStore:
         with self._lock:
             _, current = self._read()
             if current != token:
-                raise ConflictError(f"ledger {self.path} changed since it was read")
+                raise ConflictError(f"{self.where} changed since it was read")
             revision = int(token or 0) + 1
             body = json.dumps({**doc, "_revision": revision}, indent=1, sort_keys=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "w") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(self.path)
+            try:
+                replace_file(self.path, body)
+            except OSError as exc:
+                raise LedgerError(f"{self.where}: cannot be written ({exc})") from exc
             return str(revision)
+
+
+def parse_document(raw: str, where: str) -> dict[str, Any]:
+    """The JSON object of a stored ledger; ``LedgerError`` naming ``where`` otherwise."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise LedgerError(f"{where}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise LedgerError(f"{where}: expected a JSON object, found {_json_type(doc)}")
+    return doc
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation error in one line: where in the document, what is wrong, what was found."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    ).lstrip(".")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not where:
+        return f"{message}{more}"
+    found = repr(first.get("input"))
+    found = found if len(found) <= 60 else found[:57] + "..."
+    return f"{where}: {message} (found {found}){more}"
 
 
 class Ledger:
@@ -97,9 +137,7 @@ class Ledger:
         try:
             return LedgerDoc.model_validate(raw), token
         except ValidationError as exc:
-            raise LedgerError(
-                f"the ledger of {self.stack or 'this stack'} is not valid: {exc}"
-            ) from exc
+            raise LedgerError(f"{self.store.where}: {describe(exc)}") from None
 
     def read(self) -> LedgerDoc:
         return self._load()[0]

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract import access, alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
@@ -32,6 +33,8 @@ from contract.names import (
     REDIS_APP_USER,
     REDIS_EXPORTER_USER,
 )
+from rollout.durable import replace_file
+from rollout.ledger.store import describe
 from rollout.local.credentials import Credentials, StackAuth
 from rollout.local.processes import (
     Process,
@@ -81,6 +84,35 @@ def python() -> str:
 
 def app_argv(port: int) -> list[str]:
     return [python(), "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
+class StateFileError(ServerError):
+    """``state.json`` is not the shape this code writes (a one-line reason naming the file)."""
+
+
+class SavedInstance(BaseModel):
+    """The shape of one instance in ``state.json`` (checked on every read)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str
+    track: Literal["stable", "canary"]
+    version: str
+    port: int = Field(ge=1, le=65535)
+    pid: int | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class SavedState(BaseModel):
+    """The shape of ``state.json``: what every later ``portalctl`` relies on finding."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    ports: dict[str, int]
+    admin_token: str
+    weight: int = Field(ge=0, le=100)
+    stable_version: str
+    canary_version: str | None = None
+    instances: list[SavedInstance]
+    versions: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 @dataclass
@@ -133,19 +165,32 @@ class LocalStack:
         return self.root / "state.json"
 
     def load(self) -> dict[str, Any]:
+        """The saved state; ``ServerError`` naming the file when there is none or it is not
+        the shape this code writes (nothing is changed then)."""
+        path = self.state_path
         try:
-            state: dict[str, Any] = json.loads(self.state_path.read_text())
+            raw = path.read_text()
         except FileNotFoundError as exc:
             raise ServerError(
                 f"no local stack in {self.root}: run `portalctl local up` first"
             ) from exc
-        return state
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateFileError(f"local stack state {path}: cannot be read ({exc})") from exc
+        try:
+            state = json.loads(raw)
+        except ValueError as exc:
+            raise StateFileError(f"local stack state {path}: not valid JSON ({exc})") from None
+        try:
+            SavedState.model_validate(state)
+        except ValidationError as exc:
+            raise StateFileError(f"local stack state {path}: {describe(exc)}") from None
+        if not isinstance(state, dict):  # pragma: no cover - the model refuses it first
+            raise StateFileError(f"local stack state {path}: expected a JSON object")
+        return dict(state)
 
     def save(self, state: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        tmp.replace(self.state_path)
+        replace_file(self.state_path, json.dumps(state, indent=1, sort_keys=True))
 
     # ------------------------------------------------------------------ versions
 
@@ -308,9 +353,9 @@ class LocalStack:
 
     def _state(self) -> dict[str, Any]:
         """The saved state, or a new one with free ports; with the servers' URLs."""
-        try:
-            state = self.load()
-        except ServerError:
+        if self.state_path.exists():
+            state = self.load()  # a malformed one is refused, not replaced
+        else:
             names = ("postgres", "redis", "prometheus", "nginx", "pushgateway")
             state = {
                 "ports": {k: free_port() for k in (*names, "postgres_exporter", "redis_exporter")},
