@@ -26,12 +26,12 @@ from rollout.evidence import (
     SHARES,
     difference_cs,
     error_test,
-    latency_share_log_e,
     latency_test,
 )
+from rollout.folded import Folded, ReleaseEvidence, release_evidence
 from rollout.ports import HealthProbe
-from rollout.readings import Intervals, Snapshot, intervals, quantile_ms
-from rollout.sequential import log_e_below, log_e_share, lower_bound, upper_bound
+from rollout.readings import Snapshot, quantile_ms
+from rollout.sequential import log_e_below, lower_bound, upper_bound
 
 Verdict = Literal["PASS", "FAIL", "INSUFFICIENT_DATA", "PROVIDER_ERROR"]
 
@@ -79,15 +79,17 @@ def judge_metrics(
     slo: Slo,
     *,
     queries: Mapping[str, str] | None = None,
+    folded: Folded | None = None,
 ) -> tuple[GateResult, dict[str, float | None], dict[str, Any]]:
-    """The metrics verdict on the release's readings so far (the last one is this check).
+    """The metrics verdict on the release's readings so far (the last one is this check), after
+    the evidence ``folded`` out of the ledger's oldest samples (``rollout.folded``).
 
     Returns the verdict, the step window's figures and the per-check statistics."""
     q = dict(queries or {})
-    iv = intervals(history)
-    window = _window(iv)
-    errors, error_stats = _error_check(iv, canary, slo, q.get("errors", ""))
-    latency, latency_stats = _latency_check(iv, canary, slo, q.get("latency", ""), window)
+    ev = release_evidence(history, folded)
+    window = _window(ev)
+    errors, error_stats = _error_check(ev, canary, slo, q.get("errors", ""))
+    latency, latency_stats = _latency_check(ev, canary, slo, q.get("latency", ""), window)
     stats: dict[str, Any] = {
         "level": error_stats.pop("level"),
         "error_rate": error_stats,
@@ -97,7 +99,7 @@ def judge_metrics(
     failing = next((c for c in checks if c.verdict == "FAIL"), None)
     if failing is not None:
         return GateResult("metrics", "FAIL", checks, failing.detail), window, stats
-    n_window = float(iv.window_canary[0])
+    n_window = float(ev.window_canary[0])
     if n_window < canary.min_requests:
         check = Check(
             "requests",
@@ -117,15 +119,15 @@ def judge_metrics(
     return GateResult("metrics", "PASS", checks, "; ".join(c.detail for c in checks)), window, stats
 
 
-def _totals(iv: Intervals) -> tuple[float, float, float, float]:
+def _totals(ev: ReleaseEvidence) -> tuple[float, float, float, float]:
     """Requests and errors of the release so far: canary, canary errors, stable, stable errors."""
-    c, s = iv.canary, iv.stable
-    return (float(c[:, 0].sum()), float(c[:, 1].sum()), float(s[:, 0].sum()), float(s[:, 1].sum()))
+    c, s = ev.canary, ev.stable
+    return (float(c[0]), float(c[1]), float(s[0]), float(s[1]))
 
 
-def _window(iv: Intervals) -> dict[str, float | None]:
+def _window(ev: ReleaseEvidence) -> dict[str, float | None]:
     """The current step window's figures (for display and ``minRequests``)."""
-    wc, ws = iv.window_canary, iv.window_stable
+    wc, ws = ev.window_canary, ev.window_stable
     return {
         "canary_requests": float(wc[0]),
         "canary_errors": float(wc[1]),
@@ -133,19 +135,18 @@ def _window(iv: Intervals) -> dict[str, float | None]:
         "stable_errors": float(ws[1]),
         "canary_error_rate": float(wc[1] / wc[0]) if wc[0] > 0 else None,
         "stable_error_rate": float(ws[1] / ws[0]) if ws[0] > 0 else None,
-        "canary_p95_ms": quantile_ms(QUANTILE, iv.bounds_s, wc[2:], float(wc[0])),
-        "stable_p95_ms": quantile_ms(QUANTILE, iv.bounds_s, ws[2:], float(ws[0])),
+        "canary_p95_ms": quantile_ms(QUANTILE, ev.bounds_s, wc[2:], float(wc[0])),
+        "stable_p95_ms": quantile_ms(QUANTILE, ev.bounds_s, ws[2:], float(ws[0])),
     }
 
 
 def _error_check(
-    iv: Intervals, canary: CanaryConfig, slo: Slo, query: str
+    ev: ReleaseEvidence, canary: CanaryConfig, slo: Slo, query: str
 ) -> tuple[Check, dict[str, Any]]:
     """The error-rate check of the release so far, and its statistics for the ledger."""
-    C, S = iv.canary, iv.stable
-    nc, ec, ns, es = _totals(iv)
+    nc, ec, ns, es = _totals(ev)
     part = canary.alpha / SHARES
-    guard_e = float(log_e_share(C[:, 1], S[:, 1], C[:, 0], S[:, 0])) if len(C) else 0.0
+    guard_e = ev.error_share_log_e
     et = error_test(
         nc,
         ec,
@@ -205,16 +206,15 @@ def _error_check(
 
 
 def _latency_check(
-    iv: Intervals,
+    ev: ReleaseEvidence,
     canary: CanaryConfig,
     slo: Slo,
     query: str,
     window: Mapping[str, float | None],
 ) -> tuple[Check, dict[str, Any]]:
     """The p95 check of the release so far, and its statistics for the ledger."""
-    C, S = iv.canary, iv.stable
-    nc, _ec, ns, _es = _totals(iv)
-    bounds_ms = iv.bounds_s * 1000
+    nc, _ec, ns, _es = _totals(ev)
+    bounds_ms = ev.bounds_s * 1000
     if bounds_ms.size == 0 or nc <= 0:
         check = Check(
             "p95_latency",
@@ -226,8 +226,8 @@ def _latency_check(
             "no canary latency histogram in the release yet",
         )
         return check, {}
-    le_c, le_s = C[:, 2:].sum(axis=0), S[:, 2:].sum(axis=0)
-    guard_l = float(latency_share_log_e(C[:, 0], C[:, 2:], S[:, 0], S[:, 2:]))
+    le_c, le_s = ev.canary[2:], ev.stable[2:]
+    guard_l = ev.latency_share_log_e
     lt = latency_test(
         le_c,
         nc,
@@ -245,8 +245,8 @@ def _latency_check(
     under = np.asarray(log_e_below(1 - QUANTILE, nc - le_c, nc)) >= math.log(1 / part)
     c_hi_ms = float(np.min(np.where(under, bounds_ms, np.inf), initial=np.inf))
     top = None if math.isinf(c_hi_ms) else c_hi_ms
-    p95_c = quantile_ms(QUANTILE, iv.bounds_s, le_c, nc)
-    p95_s = quantile_ms(QUANTILE, iv.bounds_s, le_s, ns)
+    p95_c = quantile_ms(QUANTILE, ev.bounds_s, le_c, nc)
+    p95_s = quantile_ms(QUANTILE, ev.bounds_s, le_s, ns)
     limit = float(lt.limit_ms)
     if bool(lt.from_slo):
         source = "slo.maxP95Ms"

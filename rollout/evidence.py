@@ -56,7 +56,15 @@ from numpy.typing import ArrayLike
 from scipy import special
 
 from contract.config import CanaryConfig
-from rollout.sequential import log_e_above, log_e_below, log_e_difference, log_e_share
+from rollout.sequential import (
+    THETAS,
+    log_e_above,
+    log_e_below,
+    log_e_difference,
+    log_e_share,
+    mix_share,
+    share_terms,
+)
 
 QUANTILE = 0.95
 SHARES = 4
@@ -273,3 +281,29 @@ def latency_share_log_e(
     )
     axis = -2 if cumulative else -1
     return special.logsumexp(per_bound, axis=axis) - math.log(bounds)
+
+
+def latency_share_terms(
+    canary_n: ArrayLike, canary_le: ArrayLike, stable_n: ArrayLike, stable_le: ArrayLike
+) -> Any:
+    """What ``latency_share_log_e`` mixes, for one release's intervals (``*_n``: intervals;
+    ``*_le``: intervals x bounds): per bucket bound (first axis), the share test's terms
+    (``rollout.sequential.share_terms``, second axis: ``THETAS``). They add up over disjoint
+    sets of intervals."""
+    nc, ns = np.asarray(canary_n, dtype=np.float64), np.asarray(stable_n, dtype=np.float64)
+    le_c = np.atleast_2d(np.asarray(canary_le, dtype=np.float64))
+    le_s = np.atleast_2d(np.asarray(stable_le, dtype=np.float64))
+    if le_c.shape[1] == 0 or len(nc) == 0:
+        return np.zeros((le_c.shape[1], len(THETAS)))
+    slow_c = np.maximum(nc[:, None] - le_c, 0.0).T  # (bounds, intervals)
+    slow_s = np.maximum(ns[:, None] - le_s, 0.0).T
+    return np.asarray(share_terms(slow_c, slow_s, nc[None, :], ns[None, :])).T
+
+
+def mix_latency_share(terms: ArrayLike) -> float:
+    """``latency_share_log_e`` from its ``latency_share_terms`` (bounds x THETAS)."""
+    t = np.asarray(terms, dtype=np.float64)
+    if t.size == 0:
+        return 0.0
+    per_bound = np.asarray(mix_share(t.T))
+    return float(special.logsumexp(per_bound) - math.log(t.shape[0]))

@@ -161,6 +161,41 @@ def log_e_share(
     ``cumulative``: the e-process after each interval instead of after the last.
 
     Intervals where one track served nothing carry no evidence (their factor is 1)."""
+    per_interval = _share_per_interval(
+        canary_events, stable_events, canary_requests, stable_requests
+    )
+    per_theta = np.cumsum(per_interval, axis=-1) if cumulative else per_interval.sum(axis=-1)
+    return mix_share(per_theta)
+
+
+def share_terms(
+    canary_events: ArrayLike,
+    stable_events: ArrayLike,
+    canary_requests: ArrayLike,
+    stable_requests: ArrayLike,
+) -> Array:
+    """What ``log_e_share`` mixes: for each ratio of ``THETAS`` (first axis), the log likelihood
+    ratio summed over the intervals (last axis). Terms of disjoint sets of intervals add up, so
+    the evidence of intervals no longer stored is carried as these numbers, exactly."""
+    out: Array = _share_per_interval(
+        canary_events, stable_events, canary_requests, stable_requests
+    ).sum(axis=-1)
+    return out
+
+
+def mix_share(terms: ArrayLike) -> Any:
+    """The share test's log e-value from its ``share_terms`` (the equal-weight mixture)."""
+    mixed = special.logsumexp(_f(terms), axis=0) - np.log(len(THETAS))
+    return _out(np.asarray(mixed, dtype=np.float64))
+
+
+def _share_per_interval(
+    canary_events: ArrayLike,
+    stable_events: ArrayLike,
+    canary_requests: ArrayLike,
+    stable_requests: ArrayLike,
+) -> Array:
+    """(thetas, ..., intervals): each interval's log likelihood ratio of the canary's share."""
     ec, es, nc, ns = np.broadcast_arrays(
         _f(canary_events), _f(stable_events), _f(canary_requests), _f(stable_requests)
     )
@@ -171,12 +206,10 @@ def log_e_share(
     q0 = nc / (nc + ns)
     theta = THETAS.reshape((-1,) + (1,) * ec.ndim)
     q = theta * nc / (theta * nc + ns)
-    per_interval = np.where(
+    out: Array = np.where(
         usable, special.xlogy(ec, q / q0) + special.xlogy(es, (1 - q) / (1 - q0)), 0.0
     )
-    per_theta = np.cumsum(per_interval, axis=-1) if cumulative else per_interval.sum(axis=-1)
-    mixed = special.logsumexp(per_theta, axis=0) - np.log(len(THETAS))
-    return _out(np.asarray(mixed, dtype=np.float64))
+    return out
 
 
 def _line_loglik(r: Array, d: Array, ec: Array, fc: Array, es: Array, fs: Array) -> Array:
