@@ -33,6 +33,7 @@ TRACING = "tracing"
 CLUSTER_METRICS = "cluster-metrics"
 RELEASE_EVENTS = "release-events"
 LEDGER = "ledger"
+LEDGER_ARCHIVE = "ledger-archive"
 
 ManagedBy = Literal["pulumi", "portalctl"]
 PULUMI: ManagedBy = "pulumi"

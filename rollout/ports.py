@@ -243,6 +243,19 @@ class LedgerStore(Protocol):
         Returns the new token; raises ``ConflictError`` when someone else wrote in between."""
         ...
 
+    def archive(self, key: str, doc: dict[str, Any]) -> None:
+        """Keep ``doc`` (a finished release's whole record) under ``key``, one object per key
+        (written again as it is when it exists)."""
+        ...
+
+    def archived(self, key: str) -> dict[str, Any] | None:
+        """The record archived under ``key``, or ``None``."""
+        ...
+
+    def prune(self, keep: set[str]) -> None:
+        """Delete every archived record whose key is not in ``keep``."""
+        ...
+
 
 class Telemetry(Protocol):
     """Prometheus (with whatever credentials reaching it takes) and the Pushgateway."""

@@ -240,8 +240,6 @@ class ReleaseEngine:
             with self.ctx.holding():
                 return fn()
         except (ProviderGaveUp, TargetUnreachable, LedgerError) as exc:
-            if isinstance(exc, LedgerError) and "cannot be written" not in str(exc):
-                raise
             reason = (
                 f"the ledger could not be written ({exc}); the release stays as the ledger last "
                 "recorded it: `portalctl release status`, then `resume` once it can be"

@@ -57,7 +57,10 @@ def _goal(doc: LedgerDoc, to: str | None) -> tuple[Stable, Stable]:
         return current, older[-1]
     matches = [h for h in history if to in (h.release_id, h.version)]
     if not matches:
-        known = ", ".join(sorted({h.version for h in history}))
+        versions = list(dict.fromkeys(h.version for h in reversed(history)))
+        known = ", ".join(versions[:10])
+        if len(versions) > 10:
+            known += f" and {len(versions) - 10} older"
         raise ReleaseError(f"{to!r} is not a known-good release (known: {known})")
     return current, matches[-1]
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 from contract.config import Step, VerdictPolicy
 from rollout.analysis import Check, GateResult, judge_health, judge_metrics
+from rollout.engine.compaction import add_rounds
 from rollout.engine.context import Context
 from rollout.engine.outcome import Stop, StopKind
+from rollout.folded import Folded
 from rollout.ledger import Action, LedgerDoc, Request, require
 from rollout.ledger.model import RequestRecord, Sample, TransitionArgs, VerdictRecord
 from rollout.ports import ReleaseSpec, TargetError, TargetUnreachable
@@ -81,6 +83,7 @@ class StepRunner:
         # the readings of the release so far: the evidence keeps growing across steps
         release = require(ctx.act(release_id, "reading the ledger", ctx.ledger.read), release_id)
         history = snapshots_of([s.model_dump(mode="json") for s in release.samples])
+        folded = Folded.from_dict(release.folded) if release.folded else None
         opened = False
         while True:
             ctx.sleep(c.interval_s)
@@ -89,7 +92,7 @@ class StepRunner:
             elapsed = now - window.start
             health = self._health(streaks, settling=False)
             metrics, sample = self._metrics(
-                spec, index, now, None if opened else window.start, history
+                spec, index, now, None if opened else window.start, history, folded
             )
             if sample is not None:
                 history.extend(sample.snapshots)
@@ -200,6 +203,7 @@ class StepRunner:
         now: float,
         window_start: float | None,
         history: list[Snapshot],
+        folded: Folded | None,
     ) -> tuple[GateResult, MetricsSample | None]:
         """Read both tracks' counters (and, at a step's first check, as they were at
         ``window_start``) and judge the release's readings so far."""
@@ -224,7 +228,7 @@ class StepRunner:
             check = Check("prometheus", "PROVIDER_ERROR", None, None, None, q["latency"], str(exc))
             return GateResult("metrics", "PROVIDER_ERROR", (check,), str(exc)), None
         result, window, stats = judge_metrics(
-            [*history, *taken], self.canary, self.ctx.cfg.slo, queries=q
+            [*history, *taken], self.canary, self.ctx.cfg.slo, queries=q, folded=folded
         )
         return result, MetricsSample(tuple(taken), window, stats)
 
@@ -259,9 +263,7 @@ class StepRunner:
 
         def add(doc: LedgerDoc) -> None:
             release = require(doc, release_id)
-            for unsaved, kept in self._unsaved:
-                release.samples.append(unsaved)
-                release.verdicts.extend(kept)
+            add_rounds(release, self._unsaved)
 
         try:
             ctx.write(add)

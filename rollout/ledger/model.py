@@ -203,10 +203,14 @@ class Release(Record):
     transitions: list[Transition] = Field(default_factory=list)
     verdicts: list[VerdictRecord] = Field(default_factory=list)
     samples: list[Sample] = Field(default_factory=list)
+    folded: dict[str, Any] | None = None
+    """The evidence of the readings folded out of ``samples`` (``rollout.folded.Folded``)."""
     requests: list[RequestRecord] = Field(default_factory=list)
     incident: Incident | None = None
     holder: str | None = None
     reason: str | None = None
+    summarized: bool = False
+    """Only its summary is here; the whole record is in the ledger's archive."""
 
     def pending_transition(self) -> Transition | None:
         """The last transition when it was written as intent and never done (a crash)."""

@@ -7,8 +7,10 @@ growing pause). The local store is a JSON file replaced atomically under a file 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -22,8 +24,9 @@ from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attemp
 from tenacity.wait import wait_incrementing
 
 from rollout.durable import replace_file
+from rollout.ledger import retention
 from rollout.ledger.model import Incident, IncidentAction, LedgerDoc, Release
-from rollout.ports import ConflictError, LedgerStore
+from rollout.ports import ConflictError, LedgerStore, TargetError
 
 T = TypeVar("T")
 ATTEMPTS = 20
@@ -89,6 +92,42 @@ class FileLedgerStore:
                 raise LedgerError(f"{self.where}: cannot be written ({exc})") from exc
             return str(revision)
 
+    # ------------------------------------------------------------------ archive
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.path.with_name("releases")
+
+    def _archive_path(self, key: str) -> Path:
+        return self.archive_dir / f"{ARCHIVE_NAME.sub('-', key)}.json"
+
+    def archive(self, key: str, doc: dict[str, Any]) -> None:
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            replace_file(self._archive_path(key), json.dumps(doc, indent=1, sort_keys=True))
+        except OSError as exc:
+            raise LedgerError(f"{self.where}: cannot archive {key} ({exc})") from exc
+
+    def archived(self, key: str) -> dict[str, Any] | None:
+        path = self._archive_path(key)
+        try:
+            raw = path.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"ledger archive {path}: cannot be read ({exc})") from exc
+        return parse_document(raw, f"ledger archive {path}")
+
+    def prune(self, keep: set[str]) -> None:
+        wanted = {self._archive_path(k).name for k in keep}
+        for path in self.archive_dir.glob("*.json"):
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
+
+
+ARCHIVE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+"""Characters a release id may not keep in an archive's name."""
+
 
 def parse_document(raw: str, where: str) -> dict[str, Any]:
     """The JSON object of a stored ledger; ``LedgerError`` naming ``where`` otherwise."""
@@ -149,7 +188,22 @@ class Ledger:
         def once() -> T:
             doc, token = self._load()
             result = fn(doc)
-            self.store.save(doc.model_dump(mode="json", by_alias=True), token)
+            archived = self._rotate(doc)
+            body = doc.model_dump(mode="json", by_alias=True)
+            size = retention.size_of(body)
+            if size > retention.BUDGET_BYTES:
+                archived |= self._rotate(doc, everything=True)
+                body = doc.model_dump(mode="json", by_alias=True)
+                size = retention.size_of(body)
+            if size > retention.BUDGET_BYTES:
+                raise LedgerError(
+                    f"{self.store.where}: the document would take {size // 1024} KiB, over the "
+                    f"{retention.BUDGET_BYTES // 1024} KiB it may (nothing was written)"
+                )
+            self.store.save(body, token)
+            if archived:
+                with contextlib.suppress(LedgerError, TargetError, OSError):
+                    self.store.prune(retention.kept_archives(doc))
             return result
 
         retrying = Retrying(
@@ -164,13 +218,39 @@ class Ledger:
                 f"ledger kept changing under {attempts} attempts to write it"
             ) from None
 
+    def _rotate(self, doc: LedgerDoc, everything: bool = False) -> bool:
+        """Archive the releases that leave the document whole (``retention``), then cap its
+        lists. A release whose archive cannot be written stays whole until a later write."""
+        moved = False
+        finished = [r for r in doc.releases if not r.status.active and not r.summarized]
+        for release in finished if everything else retention.to_archive(doc):
+            try:
+                self.store.archive(release.id, release.model_dump(mode="json", by_alias=True))
+            except (LedgerError, TargetError, OSError):
+                continue
+            retention.summarize(release)
+            moved = True
+        retention.trim(doc)
+        return moved
+
     # ---------------------------------------------------------------------------- lookups
 
     def latest(self) -> Release | None:
         return self.read().latest()
 
     def find(self, release_id: str) -> Release | None:
-        return self.read().find(release_id)
+        """The release's whole record: from the document, or from its archive once it is only
+        a summary there (the summary when the archive is gone)."""
+        release = self.read().find(release_id)
+        if release is None or not release.summarized:
+            return release
+        raw = self.store.archived(release_id)
+        if raw is None:
+            return release
+        try:
+            return Release.model_validate(raw)
+        except ValidationError as exc:
+            raise LedgerError(f"{self.store.where} ({release_id}): {describe(exc)}") from None
 
     def add_incident_action(self, release_id: str, action: str, detail: str, by: str) -> None:
         """Record what an operator (or a runbook) did about a release's incident."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,13 @@ from rollout.ledger import (
     Lease,
     Ledger,
     LedgerDoc,
+    LedgerError,
     ReleaseStatus,
     TransitionState,
 )
+from rollout.ledger.model import ContractMigration
 from rollout.ports import ConflictError
+from tests import ledger_writes
 
 V1 = Path(__file__).with_name("data") / "ledger-v1.json"
 """A ledger written by the code of the first schema: a promoted and an aborted release (with a
@@ -73,7 +77,7 @@ def test_of_many_processes_racing_for_the_lease_exactly_one_wins(tmp_path):
 
 def _append(path: str, i: int) -> None:
     ledger = Ledger(FileLedgerStore(Path(path)), "s", "local")
-    for n in range(25):
+    for n in range(12):  # 48 in all: within the incidents the ledger keeps
         incident = Incident(id=f"{i}-{n}", opened_at=0.0, reason="race")
         ledger.update(lambda d, inc=incident: d.incidents.append(inc))
 
@@ -87,7 +91,7 @@ def test_every_update_is_kept_under_concurrent_writers(tmp_path):
         p.join(60)
     doc = json.loads(Path(path).read_text())
     ids = sorted(inc["id"] for inc in doc["incidents"])
-    assert ids == sorted(f"{i}-{n}" for i in range(4) for n in range(25))
+    assert ids == sorted(f"{i}-{n}" for i in range(4) for n in range(12))
 
 
 def test_a_corrupt_ledger_is_reported_with_its_path(tmp_path):
@@ -144,7 +148,11 @@ def test_a_ledger_of_the_first_schema_is_read_and_written_back_in_the_current_on
     assert raw["schema_version"] == SCHEMA_VERSION and "version" not in raw
     assert "env" not in raw["releases"][1]  # the drill's fault switch is not a release's field
     assert raw["rollbacks"][0]["from"]["version"] == "2.0.0"
-    assert ledger.read() == doc
+    after = ledger.read()
+    assert after.model_copy(update={"releases": []}) == doc.model_copy(update={"releases": []})
+    # the older release left the document for its archive, and is found there whole
+    assert [r.summarized for r in after.releases] == [True, False]
+    assert [ledger.find(r.id) for r in doc.releases] == doc.releases
 
 
 def test_statuses_and_actions_outside_the_enums_are_refused(tmp_path):
@@ -154,3 +162,81 @@ def test_statuses_and_actions_outside_the_enums_are_refused(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(Exception, match="PROMOTE"):
         Ledger(FileLedgerStore(path)).read()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "expected a JSON object, found an array"),
+        ('{"_revision": "seven"}', "_revision 'seven' is not a revision number"),
+        ('{"schema_version": 3, "releases": 5}', "releases: Input should be a valid list"),
+        ('{"schema_version": 3, "lease": {"holder": "x"}}', "lease.expires_at: Field required"),
+        ('{"schema_version": 9}', "written by a newer portalctl (schema 9)"),
+    ],
+)
+def test_a_ledger_of_the_wrong_shape_is_refused_in_one_line_and_left_as_it_was(
+    tmp_path, content, message
+):
+    path = tmp_path / "ledger.json"
+    path.write_text(content)
+    ledger = Ledger(FileLedgerStore(path), "s", "local")
+    for attempt in (ledger.read, lambda: ledger.update(lambda d: None)):
+        with pytest.raises(LedgerError) as info:
+            attempt()
+        text = str(info.value)
+        assert "\n" not in text and text.startswith(f"ledger {path}: ")
+        assert message in text
+    assert path.read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json", "ledger.json.lock"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB filesystem of its own (tmpfs): the disk under the ledger fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_refuses_the_write_and_keeps_the_last_document_whole(small_disk):
+    path = small_disk / "ledger.json"
+    ledger = Ledger(FileLedgerStore(path), "s", "local")
+    ledger.update(lambda d: d.incidents.append(Incident(id="kept", opened_at=0.0, reason="r")))
+    kept = path.read_text()
+
+    def grow(doc: LedgerDoc) -> None:
+        for n in range(100):
+            applied = [f"{n:04d}_{'x' * 60}_{m}" for m in range(20)]
+            doc.contract_migrations.append(
+                ContractMigration(release_id="r", version="v", at=0.0, applied=applied, by="b")
+            )
+
+    with pytest.raises(LedgerError) as info:
+        ledger.update(grow)
+    text = str(info.value)
+    assert "\n" not in text and f"ledger {path}: cannot be written" in text
+    assert "No space left on device" in text
+    assert path.read_text() == kept  # the old document, whole
+    assert [i.id for i in ledger.read().incidents] == ["kept"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ledger.json", "ledger.json.lock"]
+
+
+def test_a_finished_release_leaves_the_document_for_its_archive_and_is_found_there(tmp_path):
+    ledger = Ledger(FileLedgerStore(tmp_path / "ledger.json"), "s", "local")
+    for n in range(1, 4):
+        ledger_writes.release(ledger, n, 8, aborted=n == 2, start=1e9 + 3600 * n)
+    doc = ledger.read()
+    assert [r.summarized for r in doc.releases] == [True, True, False]
+    first = doc.releases[0]
+    assert first.samples == [] and first.transitions == [] and first.status == "PROMOTED"
+    assert doc.releases[1].incident.gate == "metrics"  # a summary keeps the incident
+    whole = ledger.find(first.id)
+    assert whole.transitions and len(whole.samples) == 8
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == [
+        f"{r.id}.json" for r in doc.releases[:2]
+    ]
