@@ -74,6 +74,29 @@ def backup_prefix(cfg: StackConfig, version: str) -> str:
     return f"{cfg.namespace}/pre-migration/{version}-"
 
 
+def upload_env(
+    cfg: StackConfig,
+    version: str,
+    dump_file: str = DUMP_FILE,
+    home: str = TMP_DIR,
+    aws_dir: str = AWS_DIR,
+) -> dict[str, str]:
+    """The ``s3-upload`` step's environment; the credentials are the files in ``aws_dir`` (the
+    Job mounts ``credentialsSecret`` there; the local stack writes ``portalctl``'s own)."""
+    backup = cfg.migrations.backup
+    env = {
+        "AWS_DIR": aws_dir,
+        "AWS_DEFAULT_REGION": backup.region,
+        "BUCKET": str(backup.bucket),
+        "KEY_PREFIX": backup_prefix(cfg, version),
+        "DUMP_FILE": dump_file,
+        "HOME": home,
+    }
+    if backup.endpoint:
+        env["AWS_ENDPOINT_URL"] = str(backup.endpoint)
+    return env
+
+
 def _env(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "value": value}
 
@@ -120,15 +143,8 @@ def _backup_containers(cfg: StackConfig, version: str, postgres_host: Any) -> li
         ],
     }
     env = [
-        _env("AWS_DIR", AWS_DIR),
-        _env("AWS_DEFAULT_REGION", backup.region),
-        _env("BUCKET", backup.bucket),
-        _env("KEY_PREFIX", backup_prefix(cfg, version)),
-        _env("DUMP_FILE", DUMP_FILE),
-        _env("HOME", TMP_DIR),
+        *(_env(k, v) for k, v in upload_env(cfg, version).items()),
     ]
-    if backup.endpoint:
-        env.append(_env("AWS_ENDPOINT_URL", backup.endpoint))
     upload = {
         "name": "s3-upload",
         "image": backup.uploader_image,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from contract.labels import Track
+from contract.migration import AWS_KEYS, DUMP_SCRIPT, UPLOAD_SCRIPT, upload_env
 from rollout import health
 from rollout.ledger import FileLedgerStore
 from rollout.local.processes import pid_alive
@@ -39,13 +42,20 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class LocalMigrator:
-    """The migration runner of this checkout, against the stack's database."""
+    """The migration runner of this checkout, against the stack's database; with
+    ``migrations.backup.enabled``, after the same backup the migration Job takes (the
+    ``pg-dump`` and ``s3-upload`` steps of ``contract.migration``, with the AWS credentials of
+    ``portalctl``'s environment): a failed backup and no migration runs."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
     def run(self, spec: ReleaseSpec, phase: Phase) -> MigrationResult:
-        env = {**os.environ, "PORTAL_DATABASE_URL": self.stack.load()["migrate_url"]}
+        database_url = self.stack.load()["migrate_url"]
+        failed = self._backup(spec.version, database_url)
+        if failed is not None:
+            return MigrationResult(phase, False, (), f"{failed}; the migrations did not run")
+        env = {**os.environ, "PORTAL_DATABASE_URL": database_url}
         result = subprocess.run(
             [python(), "-m", "app", "migrate", "--phase", phase, "--json"],
             env=env,
@@ -64,6 +74,41 @@ class LocalMigrator:
             detail = (result.stderr.strip().splitlines() or ["migration runner failed"])[-1]
             return MigrationResult(phase, False, applied, detail)
         return MigrationResult(phase, True, applied, f"applied {len(applied)}")
+
+    def _backup(self, version: str, database_url: str) -> str | None:
+        """Take the pre-migration backup when the stack's config asks for one; why it failed."""
+        cfg = self.stack.config()
+        if not cfg.migrations.backup.enabled:
+            return None
+        url = urllib.parse.urlsplit(database_url)
+        with tempfile.TemporaryDirectory(prefix="portal-backup-") as tmp:
+            env = {
+                "PATH": os.environ.get("PATH", ""),
+                "PGHOST": url.hostname or "127.0.0.1",
+                "PGPORT": str(url.port or 5432),
+                "PGUSER": url.username or "postgres",
+                "PGPASSWORD": url.password or "",
+                "PGDATABASE": url.path.lstrip("/"),
+                **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+                **upload_env(cfg, version, dump_file=f"{tmp}/portal.dump", home=tmp, aws_dir=tmp),
+            }
+            for key in AWS_KEYS:  # the files the Job mounts from credentialsSecret
+                path = Path(tmp) / key
+                path.write_text(os.environ.get(key, ""))
+                path.chmod(0o600)
+            for step, script in (("pg-dump", DUMP_SCRIPT), ("s3-upload", UPLOAD_SCRIPT)):
+                done = subprocess.run(
+                    ["sh", "-c", script],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    said = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+                    return f"the pre-migration backup failed at {step}: {said[-1]}"
+        return None
 
 
 class LocalDiagnostics:
