@@ -394,7 +394,8 @@ LocalDirOpt = Annotated[Path, typer.Option("--dir", help="Where the local stack 
 @local_app.command("up")
 def local_up(root: LocalDirOpt = Path(".portal/local")) -> None:
     """Start Postgres, Redis, the app, nginx, Prometheus and exporters on loopback."""
-    from rollout.local.stack import LocalStack, StateFileError
+    from rollout.local.stack import LocalStack
+    from rollout.local.state import StateFileError
 
     try:
         state = LocalStack(root).up(lambda m: console.print(f"• {m}"))

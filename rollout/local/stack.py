@@ -18,10 +18,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract import access, alerts, prometheus_config
 from contract.config import StackConfig, load_stack, stack_file
@@ -34,7 +33,6 @@ from contract.names import (
     REDIS_EXPORTER_USER,
 )
 from rollout.durable import replace_file
-from rollout.ledger.store import describe
 from rollout.local.credentials import Credentials, StackAuth
 from rollout.local.processes import (
     Process,
@@ -54,6 +52,7 @@ from rollout.local.servers import (
     PushgatewayServer,
     RedisServer,
 )
+from rollout.local.state import read_state
 
 LOCAL_DIR = Path(".portal/local")
 STABLE_VERSION = "1.0.0"
@@ -84,35 +83,6 @@ def python() -> str:
 
 def app_argv(port: int) -> list[str]:
     return [python(), "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
-
-
-class StateFileError(ServerError):
-    """``state.json`` is not the shape this code writes (a one-line reason naming the file)."""
-
-
-class SavedInstance(BaseModel):
-    """The shape of one instance in ``state.json`` (checked on every read)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    name: str
-    track: Literal["stable", "canary"]
-    version: str
-    port: int = Field(ge=1, le=65535)
-    pid: int | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-
-
-class SavedState(BaseModel):
-    """The shape of ``state.json``: what every later ``portalctl`` relies on finding."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    ports: dict[str, int]
-    admin_token: str
-    weight: int = Field(ge=0, le=100)
-    stable_version: str
-    canary_version: str | None = None
-    instances: list[SavedInstance]
-    versions: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 @dataclass
@@ -165,28 +135,11 @@ class LocalStack:
         return self.root / "state.json"
 
     def load(self) -> dict[str, Any]:
-        """The saved state; ``ServerError`` naming the file when there is none or it is not
-        the shape this code writes (nothing is changed then)."""
-        path = self.state_path
-        try:
-            raw = path.read_text()
-        except FileNotFoundError as exc:
-            raise ServerError(
-                f"no local stack in {self.root}: run `portalctl local up` first"
-            ) from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StateFileError(f"local stack state {path}: cannot be read ({exc})") from exc
-        try:
-            state = json.loads(raw)
-        except ValueError as exc:
-            raise StateFileError(f"local stack state {path}: not valid JSON ({exc})") from None
-        try:
-            SavedState.model_validate(state)
-        except ValidationError as exc:
-            raise StateFileError(f"local stack state {path}: {describe(exc)}") from None
-        if not isinstance(state, dict):  # pragma: no cover - the model refuses it first
-            raise StateFileError(f"local stack state {path}: expected a JSON object")
-        return dict(state)
+        """The saved state; ``ServerError`` when there is none, ``StateFileError`` naming the
+        file when it is not the shape this code writes (nothing is changed then)."""
+        if not self.state_path.exists():
+            raise ServerError(f"no local stack in {self.root}: run `portalctl local up` first")
+        return read_state(self.state_path)
 
     def save(self, state: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -327,6 +280,8 @@ class LocalStack:
 
     def up(self, progress: Progress = print) -> dict[str, Any]:
         """Start what is not running (idempotent); return the state."""
+        if self.state_path.exists():
+            self.load()  # a malformed state is refused before anything is written
         self._prepare_root()
         self.auth.prepare()
         state = self._state()

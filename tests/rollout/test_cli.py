@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,93 @@ def test_bad_release_arguments_are_refused(project, args, message):
 def test_local_commands_without_a_local_stack_say_how_to_start_one(tmp_path):
     code, out = run("release", "status", "--local", "--dir", str(tmp_path / "none"))
     assert code == 2 and "portalctl local up" in out
+
+
+STATE = {
+    "ports": {"postgres": 1, "redis": 2, "prometheus": 3, "nginx": 4, "pushgateway": 5},
+    "admin_token": "t",
+    "weight": 0,
+    "stable_version": "1.0.0",
+    "canary_version": None,
+    "instances": [
+        {"name": "stable-1", "track": "stable", "version": "1.0.0", "port": 8001, "pid": None}
+    ],
+    "prometheus_url": "http://127.0.0.1:3",
+    "pushgateway_url": "http://127.0.0.1:5",
+    "database_url": "postgresql://postgres@127.0.0.1:1/portal",
+}
+
+
+def local_dir(tmp_path, state=None, ledger=None):
+    """A local stack's directory (its servers not running): ``state.json`` and a ledger."""
+    root = tmp_path / "local"
+    root.mkdir()
+    (root / "state.json").write_text(state if state is not None else json.dumps(STATE))
+    if ledger is not None:
+        (root / "ledger.json").write_text(ledger)
+    return root
+
+
+def files(root):
+    """What the directory holds (the ledger's lock file, empty, is not state)."""
+    return {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix != ".lock"}
+
+
+@pytest.mark.parametrize(
+    ("ledger", "message"),
+    [
+        ("[]", "expected a JSON object, found an array"),
+        ('{"_revision": "x"}', "_revision 'x' is not a revision number"),
+        ('{"schema_version": 3, "releases": [{"id": "r"}]}', "releases[0].version: Field required"),
+    ],
+)
+def test_a_malformed_local_ledger_is_refused_in_one_line_and_nothing_changes(
+    tmp_path, ledger, message
+):
+    root = local_dir(tmp_path, ledger=ledger)
+    before = files(root)
+    for args in (
+        ("release", "status"),
+        ("release", "start", "--version", "2.0.0", "--env", "PORTAL_FAULT_ERROR_RATE=0.2"),
+        ("release", "resume"),
+        ("rollback",),
+    ):
+        code, out = run(*args, "--local", "--dir", str(root))
+        assert code == 2, (args, out)
+        assert len(out.strip().splitlines()) == 1, out
+        assert f"ledger {root / 'ledger.json'}: {message}" in out, out
+    assert files(root) == before
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("[1, 2]", "Input should be a valid dictionary"),
+        (json.dumps({**STATE, "weight": "half"}), "weight: Input should be a valid integer"),
+        (
+            json.dumps({**STATE, "instances": [{"name": "x", "track": "green"}]}),
+            "instances[0].track: Input should be 'stable' or 'canary'",
+        ),
+    ],
+)
+def test_a_malformed_local_stack_state_is_refused_in_one_line_and_nothing_changes(
+    tmp_path, state, message
+):
+    root = local_dir(tmp_path, state=state)
+    before = files(root)
+    for args in (("release", "status", "--local", "--dir"), ("local", "up", "--dir")):
+        code, out = run(*args, str(root))
+        assert code == 2, (args, out)
+        assert len(out.strip().splitlines()) == 1, out
+        assert f"local stack state {root / 'state.json'}" in out and message in out, out
+    assert files(root) == before
+
+
+def test_a_stack_file_a_promotion_could_not_update_is_refused_before_the_release(project):
+    (project / "Pulumi.staging.yaml").write_text(
+        (project / "Pulumi.staging.yaml").read_text().replace("portal:app:", "portal:appx:")
+    )
+    (project / "Pulumi.odd.yaml").write_text("config: [1, 2]\n")
+    code, out = run("release", "status", "--stack", "odd", "--project-dir", str(project))
+    assert code == 2 and "Pulumi.odd.yaml" in out and len(out.strip().splitlines()) == 1
