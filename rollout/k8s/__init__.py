@@ -15,7 +15,14 @@ from collections.abc import Callable
 from kubernetes import client
 
 from contract.config import StackConfig
-from rollout.k8s.api import Deployments, harden, http_auth, kubeconfig_client, service_proxy
+from rollout.k8s.api import (
+    REQUEST_TIMEOUT_S,
+    Deployments,
+    harden,
+    http_auth,
+    kubeconfig_client,
+    service_proxy,
+)
 from rollout.k8s.diagnostics import KubeDiagnostics, admin_unavailable
 from rollout.k8s.ledger_store import ConfigMapLedgerStore
 from rollout.k8s.migrator import JobMigrator, Jobs
@@ -36,9 +43,11 @@ def kubernetes_target(
     timeout_s: float = 600.0,
     sleep: Callable[[float], None] = time.sleep,
     prometheus_url: str | None = None,
+    request_timeout_s: tuple[float, float] = REQUEST_TIMEOUT_S,
 ) -> Target:
-    """The stack's namespace on the cluster ``api_client`` reaches."""
-    harden(api_client)
+    """The stack's namespace on the cluster ``api_client`` reaches (every call through it with
+    ``request_timeout_s``, connect and read)."""
+    harden(api_client, request_timeout_s)
     ns, names = cfg.namespace, cfg.names
     deployments = Deployments(api_client, ns, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
     router: IngressRouter | ReplicaRouter = (

@@ -45,6 +45,7 @@ def unreachable(what: str, host: str, exc: BaseException) -> TargetUnreachable:
     """A transport failure (refused, reset, timed out...) in one line."""
     reason = getattr(exc, "reason", None) or exc
     text = str(reason).split(": ", 1)[-1] if isinstance(reason, Exception) else str(reason)
+    text = " ".join(text.split())[:200]
     return TargetUnreachable(f"{what}: the API server at {host} did not answer ({text})")
 
 
@@ -52,7 +53,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPErro
 """What the kubernetes client lets through when the connection fails (urllib3's errors: a
 refused or reset connection, a read timeout, a broken response; socket errors)."""
 
-RETRIES = urllib3.Retry(total=3, connect=3, read=0, status=0, redirect=0, backoff_factor=0.2)
+RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=0, backoff_factor=0.2)
 """A refused connection is tried again at once (a restarting server); a read that timed out is
 not (the timeout already waited), so one call fails within its timeout."""
 
@@ -68,21 +69,30 @@ def timed_out(exc: BaseException) -> bool:
     return False
 
 
-def harden(api_client: client.ApiClient) -> client.ApiClient:
+def harden(
+    api_client: client.ApiClient, timeout: tuple[float, float] = REQUEST_TIMEOUT_S
+) -> client.ApiClient:
     """``api_client`` with ``RETRIES`` instead of urllib3's default (which retries a timed-out
-    read three times, so one call to a stopped server would hang for four timeouts)."""
+    read three times, so one call to a stopped server would hang for four timeouts), and
+    ``timeout`` for every call ``TimedApi`` makes through it."""
     api_client.configuration.retries = RETRIES
     api_client.rest_client = rest.RESTClientObject(api_client.configuration)
+    setattr(api_client, "portal_request_timeout", timeout)  # noqa: B010 - ours, on its object
     return api_client
+
+
+def request_timeout(api_client: client.ApiClient) -> tuple[float, float]:
+    timeout: tuple[float, float] = getattr(api_client, "portal_request_timeout", REQUEST_TIMEOUT_S)
+    return timeout
 
 
 class TimedApi:
     """One of the client's API groups (``CoreV1Api``...) whose every call carries a timeout and
     raises ``ApiException`` or ``TargetUnreachable``, never a transport error."""
 
-    def __init__(self, api: Any, timeout: tuple[float, float] = REQUEST_TIMEOUT_S) -> None:
+    def __init__(self, api: Any) -> None:
         self._api = api
-        self._timeout = timeout
+        self._timeout = request_timeout(api.api_client)
         self._host = str(api.api_client.configuration.host)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -92,7 +102,9 @@ class TimedApi:
             kwargs.setdefault("_request_timeout", self._timeout)
             try:
                 return method(*args, **kwargs)
-            except ApiException:
+            except ApiException as exc:
+                if exc.status == 0:  # the client's own word for a failed connection (TLS)
+                    raise unreachable(name, self._host, exc) from exc
                 raise
             except TRANSPORT_ERRORS as exc:
                 raise unreachable(name, self._host, exc) from exc
@@ -108,7 +120,11 @@ def kubeconfig_client(context: str | None = None) -> client.ApiClient:
     ``tokenFile`` is re-read whenever the file changes (the client itself reads it once)."""
     conf = client.Configuration()
     try:
-        config.load_kube_config(context=context, client_configuration=conf)  # type: ignore[no-untyped-call]
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None,  # as it is now, not at import
+            context=context,
+            client_configuration=conf,
+        )
     except Exception as kube_exc:  # the client raises several kinds; all mean "no config"
         try:
             config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
@@ -160,7 +176,8 @@ def follow_token_file(conf: client.Configuration, path: Path) -> None:
 
     def refresh(c: client.Configuration) -> None:
         if previous is not None:
-            previous(c)
+            previous(c)  # the client's own refresh, which installs itself again: undo that
+            setattr(c, "refresh_api_key_hook", refresh)  # noqa: B010 - typed None in the client
         with contextlib.suppress(OSError):
             st = path.stat()
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
