@@ -26,6 +26,9 @@ from rollout.ports import (
 
 PROBE_TIMEOUT_S = (5.0, 5.0)
 """(connect, read) of one pod's health probe through the API server."""
+API_REFUSALS = frozenset({401, 403, 429})
+"""Answers of the API server itself through the pod proxy (credentials refused, RBAC, rate
+limit): the app's health endpoint never gives them."""
 PROBE_ERRORS: tuple[type[BaseException], ...] = (TargetUnreachable, *TRANSPORT_ERRORS)
 
 
@@ -68,7 +71,8 @@ class KubeDiagnostics:
     def probe(self, track: Track | None = None) -> list[HealthProbe]:
         """``/api/health/advanced`` of each pod, through the API server's pod proxy. A pod that
         does not answer within ``PROBE_TIMEOUT_S`` failed its probe; an API server that does
-        not answer is a ``TargetUnreachable``."""
+        not answer, or refuses the request itself (``API_REFUSALS``), is a ``TargetError``
+        (``TargetUnreachable`` when it may pass), never the pod's verdict."""
         probes = []
         for pod in self._pods(track):
             name = pod.metadata.name
@@ -86,17 +90,29 @@ class KubeDiagnostics:
                 finally:
                     resp.release_conn()
             except ApiException as exc:
+                if exc.status in API_REFUSALS:
+                    raise api_error(f"probing pod {name}", exc) from exc
                 code, raw = exc.status, (exc.body or "").encode()
             except PROBE_ERRORS as exc:
                 if not timed_out(exc):
                     if isinstance(exc, TargetUnreachable):
                         raise
                     raise unreachable(f"probing pod {name}", self.host, exc) from exc
+                self._api_server_answers(name)
                 detail = f"no answer within {PROBE_TIMEOUT_S[1]:g}s through the pod proxy"
                 probes.append(HealthProbe(name, False, None, None, detail, pod_track))
                 continue
             probes.append(health.from_response(name, int(code), raw, pod_track))
         return probes
+
+    def _api_server_answers(self, pod: str) -> None:
+        """After a probe of ``pod`` timed out: ``TargetUnreachable`` unless the API server itself
+        answers (asked for the pod, within the probe's timeout), so a stopped API server is not
+        taken for a pod that does not answer."""
+        try:
+            self.core.read_namespaced_pod(pod, self.namespace, _request_timeout=PROBE_TIMEOUT_S)
+        except ApiException:
+            return  # it answered
 
     def events(self, limit: int) -> list[ClusterEvent] | Unavailable:
         try:
