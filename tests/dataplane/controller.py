@@ -138,6 +138,10 @@ class PodRuntime:
         self.directory = plane.workdir / "pods" / f"{meta['namespace']}_{meta['name']}"
         self.link: PodLink | None = None
         self.containers: list[ContainerProcess] = []
+        self.init_containers: list[ContainerProcess] = []
+        """Run one after the other to completion before ``containers`` start, as the kubelet
+        does; one that fails fails a pod that is not restarted."""
+        self.init_failed = False
         self.stopping = threading.Event()
         self.error: str | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pod {self.key}")
@@ -183,8 +187,10 @@ class PodRuntime:
         self.directory.chmod(0o755)
         self.plane.write_dns(self)
         self.link = self.plane.network.add_pod(self.uid, self.ip)
+        specs = self.pod["spec"]["containers"]
+        init_specs = self.pod["spec"].get("initContainers") or []
         images = []
-        for spec in self.pod["spec"]["containers"]:
+        for spec in [*specs, *init_specs]:
             image = self.plane.images.get(spec["image"])
             if image is None:
                 raise DataPlaneError(f"no program here for image {spec['image']}")
@@ -195,17 +201,16 @@ class PodRuntime:
             self.plane.workdir / "claims",
             self._read,
             self._token,
-            volume_owner(self.pod, images),
+            volume_owner(self.pod, images[: len(specs)]),
         )
-        for spec, image in zip(self.pod["spec"]["containers"], images, strict=True):
+        for i, (spec, image) in enumerate(zip([*specs, *init_specs], images, strict=True)):
             env = container_env(self.pod, spec, image, self._read, self.plane.network.api_server)
-            self.containers.append(
-                ContainerProcess(
-                    self.pod, spec, image, env, self.link, self.directory, volumes, self.plane.home
-                )
+            process = ContainerProcess(
+                self.pod, spec, image, env, self.link, self.directory, volumes, self.plane.home
             )
+            (self.containers if i < len(specs) else self.init_containers).append(process)
         self.plane.create_logs_object(self)
-        for container in self.containers:
+        for container in self.init_containers[:1] or self.containers:
             container.start()
         self.thread.start()
 
@@ -215,8 +220,9 @@ class PodRuntime:
         policy = self.pod["spec"].get("restartPolicy", "Always")
         while not self.stopping.is_set():
             try:
-                for container in self.containers:
-                    container.tick(policy)
+                if self._initialized(policy):
+                    for container in self.containers:
+                        container.tick(policy)
                 self._report(policy)
             except Exception as exc:  # keep the pod's thread alive; the error is reported
                 log.exception("pod %s", self.key)
@@ -225,12 +231,35 @@ class PodRuntime:
                 return
             self.stopping.wait(0.5)
 
+    def _initialized(self, policy: str) -> bool:
+        """Whether every init container has completed (the next one, then the containers,
+        started as each completes); ``init_failed`` once one failed for good."""
+        pending = [c for c in self.init_containers if c.terminated is None or c.restart_at]
+        while pending and not self.init_failed:
+            current = pending[0]
+            current.tick("Never" if policy == "Never" else "OnFailure")
+            if current.terminated is None or current.restart_at is not None:
+                return False
+            if current.terminated["exitCode"] != 0:
+                self.init_failed = True
+                return False
+            pending.pop(0)
+            for container in pending[:1] or self.containers:
+                container.start()
+        return not self.init_failed
+
     def _report(self, policy: str) -> None:
         statuses = [c.status() for c in self.containers]
         ended = all(c.terminated is not None and c.restart_at is None for c in self.containers)
         ready = all(c.ready for c in self.containers) and not ended
         status: dict[str, Any] = {"containerStatuses": statuses}
-        if ended and policy != "Always":
+        if self.init_containers:
+            status["initContainerStatuses"] = [c.status() for c in self.init_containers]
+        if self.init_failed:
+            ended = True
+            status["phase"] = "Failed"
+            self.finished = True
+        elif ended and policy != "Always":
             failed = any(c.terminated["exitCode"] != 0 for c in self.containers)
             status["phase"] = "Failed" if failed else "Succeeded"
             self.finished = True
@@ -262,7 +291,7 @@ class PodRuntime:
     def stop(self) -> None:
         self.stopping.set()
         grace = min(10.0, float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
-        for container in self.containers:
+        for container in [*self.init_containers, *self.containers]:
             container.stop(grace)
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=15)
@@ -620,7 +649,7 @@ class DataPlane:
                         by_namespace[namespace] = self._entries(namespace)
                     if pod.directory.exists():
                         self.write_dns(pod, by_namespace[namespace])
-                except (ApiException, OSError) as exc:
+                except Exception as exc:  # the API server gone for a while included: go on
                     log.warning("hosts of %s: %s", pod.key, exc)
 
     # -- for tests -----------------------------------------------------------------------------

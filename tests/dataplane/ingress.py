@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from rollout.local.processes import free_port
 from rollout.local.servers import NginxServer
@@ -129,7 +128,7 @@ class IngressController:
         while not self._stop.wait(REFRESH_S):
             try:
                 routes = self.read_routes()
-            except ApiException as exc:
+            except Exception as exc:  # the API server gone for a while included: keep routing
                 log.warning("ingress: %s", exc)
                 continue
             if routes != self.routes and self.nginx is not None:

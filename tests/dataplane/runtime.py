@@ -242,7 +242,10 @@ class Volumes:
             else:
                 raise RuntimeError(f"volume {name}: {sorted(volume)} is not supported here")
             os.chown(path, *owner)
-            path.chmod(0o2775 if path.is_dir() else 0o644)
+            if "emptyDir" in volume:  # world-writable, as the kubelet makes it
+                path.chmod(0o777)
+            else:
+                path.chmod(0o2775 if path.is_dir() else 0o644)
             out.paths[name] = path
         return out
 
