@@ -127,6 +127,8 @@ class Context:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     sink: EventSink = ignore
+    unreachable_at: float | None = None
+    """When the target last did not answer (``coming_back``)."""
 
     def emit(
         self,
@@ -171,6 +173,18 @@ class Context:
         """``write``, tried again while the ledger does not answer (``act``'s policy)."""
         return self.act(release_id, "writing the ledger", lambda: self.write(fn))
 
+    def coming_back(self, exc: TargetError) -> bool:
+        """Whether ``exc`` is the target not answering (noted), or a refusal within
+        ``onProviderError.limit`` of it last not answering: an API server that comes back
+        refuses requests (403) until its authorizer has caught up, so such a refusal is
+        retried like the silence before it, not taken for a missing permission."""
+        now = self.clock()
+        if isinstance(exc, TargetUnreachable):
+            self.unreachable_at = now
+            return True
+        at = self.unreachable_at
+        return at is not None and now - at < self.cfg.canary.on_provider_error.limit_s
+
     def ensure_lease(self) -> None:
         """Before acting: ``LeaseLost`` if it is gone; renewed first when it runs low."""
         if self.lease.lost is not None:
@@ -206,14 +220,17 @@ class Context:
         """Call the target under a live lease. While the target does not answer
         (``TargetUnreachable``, the ledger out of reach included) the call is tried again every
         ``interval`` for up to ``onProviderError.limit``; then ``ProviderGaveUp``. A refusal
-        (a plain ``TargetError``) is raised at once."""
+        (a plain ``TargetError``) is raised at once, unless the target is coming back
+        (``coming_back``)."""
         policy = self.cfg.canary.on_provider_error
         first: float | None = None
         while True:
             try:
                 self.ensure_lease()
                 return fn()
-            except TargetUnreachable as exc:
+            except TargetError as exc:
+                if not self.coming_back(exc):
+                    raise
                 now = self.clock()
                 first = now if first is None else first
                 lasted = now - first

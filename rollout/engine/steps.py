@@ -15,7 +15,7 @@ from rollout.engine.outcome import Stop, StopKind
 from rollout.folded import Folded
 from rollout.ledger import Action, LedgerDoc, Request, require
 from rollout.ledger.model import RequestRecord, Sample, TransitionArgs, VerdictRecord
-from rollout.ports import ReleaseSpec, TargetError, TargetUnreachable
+from rollout.ports import ReleaseSpec, TargetError
 from rollout.prometheus import PrometheusError
 from rollout.readings import MetricsSample, Snapshot, queries, snapshots_of, track_counts
 
@@ -157,7 +157,9 @@ class StepRunner:
         ctx = self.ctx
         try:
             doc = ctx.ledger.read()
-        except TargetUnreachable:
+        except TargetError as exc:
+            if not ctx.coming_back(exc):
+                raise
             return  # the ledger is out of reach: this round's record will say so
         ctx.lease.check(doc)
         if all(r.handled for r in require(doc, release_id).requests):
@@ -174,7 +176,9 @@ class StepRunner:
 
         try:
             ctx.write(handle)
-        except TargetUnreachable:
+        except TargetError as exc:
+            if not ctx.coming_back(exc):
+                raise
             return
         if found is None:
             return
@@ -186,6 +190,7 @@ class StepRunner:
         try:
             probes = self.ctx.target.diagnostics.probe("canary")
         except TargetError as exc:
+            self.ctx.coming_back(exc)  # notes a target that does not answer
             check = Check("health", "PROVIDER_ERROR", None, None, None, "", str(exc))
             return GateResult("health", "PROVIDER_ERROR", (check,), str(exc))
         for p in probes:
@@ -267,7 +272,9 @@ class StepRunner:
 
         try:
             ctx.write(add)
-        except TargetUnreachable as exc:
+        except TargetError as exc:
+            if not ctx.coming_back(exc):
+                raise
             ctx.emit(
                 "provider_error",
                 release_id,
