@@ -8,7 +8,10 @@ Points after a ledger write (the write is on disk, then the process dies):
 ``promote:stable`` (stable runs the new version, the canary still runs), ``rollback:weight0``
 (the canary has no traffic but still runs), ``scripted:stable`` (stable runs the goal, the
 ledger not yet told). ``promote:fail`` does not kill: stable is rolled to the new version and
-then the promotion fails, as a rollout that gets stuck halfway does.
+then the promotion fails, as a rollout that gets stuck halfway does. The same inside the
+Kubernetes target's actions: ``k8s-promote:stable`` (the stable Deployment rolled out to the new
+version, the canary still scaled up), ``k8s-rollback:weight0`` (the canary Ingress at weight 0,
+the canary still scaled up).
 """
 
 from __future__ import annotations
@@ -65,7 +68,31 @@ def _after_write(check: Callable[[LedgerDoc], bool]) -> None:
     Ledger.update = crashing  # type: ignore[method-assign]
 
 
+def _inside_kubernetes_actions(point: str) -> None:
+    from rollout.k8s.workloads import KubeWorkloads
+
+    if point == "k8s-promote:stable":
+
+        def promote(self: Any, spec: ReleaseSpec) -> None:
+            self.set_stable(spec.version, spec.image)
+            die()
+
+        KubeWorkloads.promote = promote  # type: ignore[method-assign]
+    elif point == "k8s-rollback:weight0":
+
+        def rollback(self: Any) -> None:
+            self.router.all_to_stable()
+            die()
+
+        KubeWorkloads.rollback = rollback  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown crash point {point!r}")
+
+
 def _inside_actions(point: str) -> None:
+    if point.startswith("k8s-"):
+        _inside_kubernetes_actions(point)
+        return
     cls = workloads.LocalWorkloads
     if point == "promote:stable":
 
