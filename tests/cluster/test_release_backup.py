@@ -3,7 +3,11 @@
 ``pg-dump`` and ``s3-upload`` init containers run as real processes in the Job's pod (the data
 plane), dump the stack's real Postgres and store the dump in S3 (moto's server, reached from the
 pod's network at the host's end of the pod network link). A backup that fails fails the Job
-before the migration runs, and the release stops before any canary."""
+before the migration runs, and the release stops before any canary.
+
+The contract migration it runs (``0003_drop_users_username``) cannot be undone, so this module
+runs after ``test_release.py``, whose scripted-rollback test applies it first (files run in name
+order)."""
 
 from __future__ import annotations
 
