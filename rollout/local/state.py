@@ -35,7 +35,6 @@ class SavedState(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True)
     ports: dict[str, int]
-    admin_token: str
     weight: int = Field(ge=0, le=100)
     stable_version: str
     canary_version: str | None = None

@@ -105,7 +105,6 @@ def test_local_commands_without_a_local_stack_say_how_to_start_one(tmp_path):
 
 STATE = {
     "ports": {"postgres": 1, "redis": 2, "prometheus": 3, "nginx": 4, "pushgateway": 5},
-    "admin_token": "t",
     "weight": 0,
     "stable_version": "1.0.0",
     "canary_version": None,
