@@ -87,11 +87,13 @@ class LocalMigrator:
                 "PGHOST": url.hostname or "127.0.0.1",
                 "PGPORT": str(url.port or 5432),
                 "PGUSER": url.username or "postgres",
-                "PGPASSWORD": url.password or "",
+                "PGPASSWORD_FILE": f"{tmp}/pgpassword",
                 "PGDATABASE": url.path.lstrip("/"),
                 **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
                 **upload_env(cfg, version, dump_file=f"{tmp}/portal.dump", home=tmp, aws_dir=tmp),
             }
+            (Path(tmp) / "pgpassword").write_text(url.password or "")  # as the Job mounts it
+            (Path(tmp) / "pgpassword").chmod(0o600)
             for key in AWS_KEYS:  # the files the Job mounts from credentialsSecret
                 path = Path(tmp) / key
                 path.write_text(os.environ.get(key, ""))
