@@ -1,7 +1,8 @@
 """Real servers on loopback, started from the installed system binaries.
 
 The embedded default (``portalctl local``), the integration tests and the benchmarks all start
-PostgreSQL, Redis, Prometheus, nginx and the exporters through this module. Every server runs in
+PostgreSQL, Redis, Prometheus, nginx and the exporters through this module (Alertmanager and
+the alert receiver: ``rollout.local.alerting``). Every server runs in
 a directory of its own, listens on 127.0.0.1 on a port it was given (``free_port()`` picks one),
 logs to ``<dir>/<name>.log`` and records its pid in ``<dir>/<name>.pid`` so a later process (a
 second ``portalctl`` invocation, ``portalctl local down``) can find and stop it.
@@ -506,6 +507,9 @@ class PushgatewayServer:
         argv = [
             find_binary("prometheus-pushgateway"),
             f"--web.listen-address=127.0.0.1:{self.port}",
+            # Debian's build defaults to one file under /var/lib/prometheus for every instance:
+            # each stack keeps its own, or stacks would read each other's release events
+            f"--persistence.file={self.directory / 'pushgateway.data'}",
         ]
         self.process = Process("pushgateway", self.directory, argv)
         self.process.start()
