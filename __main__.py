@@ -7,8 +7,6 @@ naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -20,48 +18,10 @@ from components.network import Network, NetworkArgs
 from components.observability import Observability, ObservabilityArgs
 from components.postgres import Postgres, PostgresArgs
 from components.redis import Redis, RedisArgs
-from contract.config import (
-    CONFIG_KEYS,
-    NAMESPACE,
-    SECRET_KEYS,
-    ConfigError,
-    StackConfig,
-    parse_config,
-)
+from components.stack_config import load_config
+from contract.config import NAMESPACE
 from contract.labels import standard_labels
 from contract.names import PG_APP, PG_MIGRATOR
-
-
-def stack_values() -> dict[str, Any]:
-    """Every ``portal:`` key the model declares, read through ``pulumi.Config`` (objects arrive
-    JSON-encoded; ``parse_config`` decodes them). A secret is replaced by a marker: the model
-    only records that it is set (an empty one, the default Pulumi.yaml declares, means unset).
-    Keys the model does not declare are found among the names the Pulumi CLI hands the
-    program, so a misspelt key is refused with a suggestion."""
-    config = pulumi.Config(NAMESPACE)
-    values: dict[str, Any] = {}
-    for key in CONFIG_KEYS:
-        if key in SECRET_KEYS:
-            if pulumi.runtime.get_config(config.full_key(key)):
-                values[key] = "[secret]"
-            continue
-        value = config.get(key)
-        if value is not None:
-            values[key] = value
-    prefix = f"{NAMESPACE}:"
-    for name in pulumi.runtime.get_config_env():
-        key = name.removeprefix(prefix)
-        if name.startswith(prefix) and key not in CONFIG_KEYS:
-            values[key] = pulumi.runtime.get_config(name)
-    return values
-
-
-def load_config() -> StackConfig:
-    try:
-        return parse_config(stack_values(), pulumi.get_stack())
-    except ConfigError as exc:
-        raise pulumi.RunError(f"invalid stack config: {exc}") from None
-
 
 cfg = load_config()
 names = cfg.names
@@ -138,6 +98,7 @@ pulumi.export(
         "jaeger": cfg.observability.jaeger_image,
         "kubeStateMetrics": cfg.observability.kube_state_metrics_image,
         "pushgateway": cfg.observability.pushgateway_image,
+        "alertmanager": cfg.observability.alertmanager_image,
     },
 )
 pulumi.export("containerName", names.container)
@@ -154,6 +115,8 @@ pulumi.export("prometheusService", observability.prometheus_service)
 pulumi.export("prometheusPort", names.prometheus_port)
 pulumi.export("pushgatewayService", observability.pushgateway_service)
 pulumi.export("pushgatewayPort", names.pushgateway_port)
+pulumi.export("alertmanagerService", observability.alertmanager_service)
+pulumi.export("alertmanagerPort", names.alertmanager_port)
 pulumi.export("grafanaService", observability.grafana_service)
 pulumi.export("jaegerService", observability.jaeger_service)
 pulumi.export("grafanaAdminPassword", observability.grafana_password)

@@ -209,7 +209,7 @@ def default_password(name: str) -> str:
 def run_program(
     stack: str,
     values: Mapping[str, Any],
-    secrets: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Any] | None = None,
     *,
     program: Path = PROGRAM,
     password: Callable[[str], str] = default_password,
@@ -225,7 +225,7 @@ def run_program(
 def _run(
     stack: str,
     values: Mapping[str, Any],
-    secrets: dict[str, str],
+    secrets: dict[str, Any],
     program: Path,
     password: Callable[[str], str],
 ) -> ProgramRun:

@@ -1,7 +1,8 @@
 """Observability: Prometheus (scrape config and alert rules generated from the config model),
-the Pushgateway that ``portalctl`` pushes release events to, kube-state-metrics limited to the
-namespace (Job and Deployment state for the alert rules), Grafana with its datasources and the two
-dashboards provisioned from files, and Jaeger all-in-one receiving OTLP.
+Alertmanager (routing to the stack's receivers, its config in a Secret because receivers carry
+credentials), the Pushgateway that ``portalctl`` pushes release events to, kube-state-metrics
+limited to the namespace (Job and Deployment state for the alert rules), Grafana with its
+datasources and the two dashboards provisioned from files, and Jaeger all-in-one receiving OTLP.
 
 Prometheus and kube-state-metrics read the Kubernetes API through ServiceAccounts bound to
 namespace-scoped Roles; nothing here needs a ClusterRole.
@@ -21,9 +22,10 @@ import yaml
 
 from components import dashboards, kube
 from components import observability_pods as pods
-from contract import alerts, ports, prometheus_config, security
+from contract import alertmanager, alerts, ports, prometheus_config, security
 from contract.config import StackConfig
 from contract.labels import (
+    ALERTING,
     CLUSTER_METRICS,
     DASHBOARDS,
     MONITORING,
@@ -66,9 +68,10 @@ class ObservabilityArgs:
 
 
 class Observability(pulumi.ComponentResource):
-    """Prometheus, Pushgateway, kube-state-metrics, Grafana and Jaeger."""
+    """Prometheus, Alertmanager, Pushgateway, kube-state-metrics, Grafana and Jaeger."""
 
     prometheus_service: pulumi.Output[str]
+    alertmanager_service: pulumi.Output[str]
     pushgateway_service: pulumi.Output[str]
     grafana_service: pulumi.Output[str]
     jaeger_service: pulumi.Output[str]
@@ -98,6 +101,7 @@ class Observability(pulumi.ComponentResource):
             f"{name}-scrape-token", length=48, special=False, opts=self._opts()
         ).result
         self.prometheus_service = self._prometheus()
+        self.alertmanager_service = self._alertmanager()
         self.pushgateway_service = self._pushgateway()
         self.kube_state_metrics_service = self._kube_state_metrics()
         self.jaeger_service, self.otlp_endpoint = self._jaeger()
@@ -105,6 +109,7 @@ class Observability(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "prometheusService": self.prometheus_service,
+                "alertmanagerService": self.alertmanager_service,
                 "pushgatewayService": self.pushgateway_service,
                 "grafanaService": self.grafana_service,
                 "jaegerService": self.jaeger_service,
@@ -145,7 +150,7 @@ class Observability(pulumi.ComponentResource):
         pod: k8s.core.v1.PodSpecArgs,
         *,
         recreate: bool = True,
-        annotations: dict[str, str] | None = None,
+        annotations: dict[str, pulumi.Input[str]] | None = None,
         skips: dict[str, str] | None = None,
     ) -> None:
         """One pod of ``pod``; ``recreate``: the old one goes before the new one starts;
@@ -294,6 +299,45 @@ class Observability(pulumi.ComponentResource):
             opts=self._opts(),
         )
         return service
+
+    # -- Alertmanager ----------------------------------------------------------------------
+
+    def _alertmanager(self) -> pulumi.Output[str]:
+        cfg = self._cfg
+        names = cfg.names
+        image = cfg.observability.alertmanager_image
+        labels = self._labels(names.alertmanager, ALERTING, image)
+        match = selector(names.alertmanager, ALERTING)
+        files = alertmanager.files(cfg)
+        secret = k8s.core.v1.Secret(
+            f"{self._name}-alertmanager-config",
+            metadata=kube.metadata(f"{names.alertmanager}-config", self._ns, labels),
+            type="Opaque",
+            string_data={key: pulumi.Output.secret(text) for key, text in files.items()},
+            opts=self._opts(),
+        )
+        pod = kube.single_pod(
+            NOBODY,
+            [pods.alertmanager(cfg)],
+            [kube.secret_volume("config", secret.metadata.name), kube.empty_dir("data", "256Mi")],
+        )
+        # the config holds credentials: so does a digest of it
+        digest = pulumi.Output.secret(checksum(*files.values()))
+        self._deployment(
+            "alertmanager",
+            names.alertmanager,
+            labels,
+            match,
+            pod,
+            annotations={"checksum/config": digest},
+        )
+        return self._service(
+            "alertmanager",
+            names.alertmanager,
+            labels,
+            match,
+            [kube.service_port("http", names.alertmanager_port, "http")],
+        )
 
     # -- Pushgateway -----------------------------------------------------------------------
 

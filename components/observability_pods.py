@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import dashboards, kube
+from contract import alertmanager as am
 from contract import ports, prometheus_config
 from contract.config import StackConfig
 
@@ -76,6 +77,34 @@ def pushgateway(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
         liveness_probe=kube.http_probe("/-/healthy", "http", period=20, failures=6),
         security_context=kube.container_security(),
         volume_mounts=[kube.mount("data", "/data")],
+    )
+
+
+ALERTMANAGER_CONFIG_DIR = "/etc/alertmanager"
+
+
+def alertmanager(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
+    names = cfg.names
+    return k8s.core.v1.ContainerArgs(
+        name="alertmanager",
+        image=cfg.observability.alertmanager_image,
+        args=[
+            f"--config.file={ALERTMANAGER_CONFIG_DIR}/{am.CONFIG_FILE}",
+            "--storage.path=/alertmanager",
+            f"--web.listen-address=:{names.alertmanager_port}",
+            # one replica: no gossip port to open (silences and the notification log are kept
+            # on its volume)
+            "--cluster.listen-address=",
+        ],
+        ports=[kube.port("http", names.alertmanager_port)],
+        resources=kube.resources(kube.SIDECAR_RESOURCES),
+        readiness_probe=kube.http_probe("/-/ready", "http"),
+        liveness_probe=kube.http_probe("/-/healthy", "http", period=20, failures=6),
+        security_context=kube.container_security(),
+        volume_mounts=[
+            kube.mount("config", ALERTMANAGER_CONFIG_DIR, read_only=True),
+            kube.mount("data", "/alertmanager"),
+        ],
     )
 
 

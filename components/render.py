@@ -28,11 +28,31 @@ from contract.config import SECRET_KEYS, ConfigError, read_stack_values, stack_f
 __all__ = ["KUBERNETES_VERSION", "InvalidManifest", "main", "manifests", "run_stack", "validate"]
 
 
+def _placeholders(value: Any, path: str) -> tuple[Any, bool]:
+    """``value`` with each ``{secure: ...}`` inside replaced by a placeholder, and whether any
+    was (the engine would hand the program the decrypted object and mark its key secret)."""
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        return f"[{path}: secret]", True
+    if isinstance(value, dict):
+        found = False
+        out = {}
+        for k, v in value.items():
+            out[k], inner = _placeholders(v, f"{path}.{k}")
+            found = found or inner
+        return out, found
+    return value, False
+
+
 def run_stack(stack: str, project_dir: Path = PROJECT_DIR) -> ProgramRun:
     """The program run with ``Pulumi.<stack>.yaml`` (secret values replaced by placeholders)."""
     values = read_stack_values(stack_file(stack, project_dir))
-    secrets = {key: f"[{key}: secret]" for key in SECRET_KEYS if key in values}
-    plain = {key: value for key, value in values.items() if key not in SECRET_KEYS}
+    secrets: dict[str, Any] = {key: f"[{key}: secret]" for key in SECRET_KEYS if key in values}
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECRET_KEYS:
+            continue
+        replaced, secret = _placeholders(value, f"portal:{key}")
+        (secrets if secret else plain)[key] = replaced
     return run_program(stack, plain, secrets)
 
 

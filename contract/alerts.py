@@ -5,7 +5,10 @@ runbooks load the same rules. The thresholds are the ones the release gates read
 defines "too many errors" and "too slow" for both, ``cfg.alerts`` the rest.
 
 Every rule carries ``severity`` and ``runbook`` (the runbook's slug) labels and ``summary``,
-``description`` (with the measured value) and ``runbook_url`` annotations.
+``description`` (with the measured value), ``value`` (the measured value alone, formatted),
+``runbook_url`` and ``dashboard_url`` (the Grafana panel) annotations: what a notification shows.
+The service alerts keep the ``version`` label, so an aborted release (``PortalReleaseAborted``,
+which has it too) can inhibit the canary alerts it caused.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from contract.config import StackConfig
+from contract.config import StackConfig, parse_duration
+from contract.names import ALERT_RUNBOOKS
+from contract.panels import ALERT_PANELS, Panel
 from contract.prometheus_config import JOB_REDIS
 from contract.promql import (
     RELEASE_ABORTED,
@@ -26,19 +31,8 @@ from contract.promql import (
     number,
 )
 
-RUNBOOKS: dict[str, str] = {
-    "PortalHighErrorRate": "high-error-rate",
-    "PortalHighLatency": "high-latency",
-    "PortalLowCacheHitRate": "low-cache-hit-rate",
-    "PortalSlowQueries": "slow-queries",
-    "PostgresConnectionSaturation": "postgres-connections",
-    "RedisDown": "redis-down",
-    "RedisMemoryHigh": "redis-memory",
-    "PortalInstancesNotReady": "instances-not-ready",
-    "PortalMigrationJobFailed": "migration-failed",
-    "PortalReleaseAborted": "release-aborted",
-}
-"""Alert name -> runbook slug (``runbooks/<slug>.md``). The runbooks rely on these names."""
+RUNBOOKS = ALERT_RUNBOOKS
+"""Alert name -> runbook slug (``runbooks/<slug>.md``)."""
 
 RELEASE_ABORTED_WINDOW_S = 3600
 """PortalReleaseAborted fires for this long after an abort (then resolves by itself)."""
@@ -56,15 +50,28 @@ class Alert:
     summary: str
     description: str
     """Alertmanager template text; includes the measured ``$value``."""
+    value: str = "{{ $value }}"
+    """The measured value as people read it (``{{ $value | humanizePercentage }}``)."""
 
     @property
     def slug(self) -> str:
         return RUNBOOKS[self.name]
 
+    @property
+    def panel(self) -> Panel:
+        return ALERT_PANELS[self.name]
+
 
 def alerts(cfg: StackConfig) -> list[Alert]:
     """Every alert of the stack, in runbook order."""
     return [*_service(cfg), *_datastores(cfg), *_workloads(cfg)]
+
+
+PERCENT = "{{ $value | humanizePercentage }}"
+DURATION = "{{ $value | humanizeDuration }}"
+BY_TRACK = "track, version"
+"""The service alerts fire per track and version (``version`` ties a canary's alert to its
+release)."""
 
 
 def _service(cfg: StackConfig) -> list[Alert]:
@@ -75,25 +82,29 @@ def _service(cfg: StackConfig) -> list[Alert]:
         Alert(
             name="PortalHighErrorRate",
             severity="critical",
-            expr=f"{error_ratio_expr()} > {number(cfg.slo.max_error_rate)}",
+            expr=f"{error_ratio_expr(by=BY_TRACK)} > {number(cfg.slo.max_error_rate)}",
             for_=a.for_duration,
-            summary="Portal {{ $labels.track }} error rate is above the SLO",
+            summary="Portal {{ $labels.track }} {{ $labels.version }} error rate is above the SLO",
             description=(
                 "{{ $value | humanizePercentage }} of requests to the {{ $labels.track }} track "
                 f"failed with a 5xx over the last {WINDOW} (the SLO allows {slo_pct}%)."
             ),
+            value=PERCENT,
         ),
         Alert(
             name="PortalHighLatency",
             severity="warning",
-            expr=f"{latency_quantile_expr(0.95)} > {number(cfg.slo.max_p95_ms / 1000)}",
+            expr=(
+                f"{latency_quantile_expr(0.95, by=BY_TRACK)} > {number(cfg.slo.max_p95_ms / 1000)}"
+            ),
             for_=a.for_duration,
-            summary="Portal {{ $labels.track }} p95 latency is above the SLO",
+            summary="Portal {{ $labels.track }} {{ $labels.version }} p95 latency is above the SLO",
             description=(
                 "p95 request latency of the {{ $labels.track }} track is "
                 "{{ $value | humanizeDuration }} over the last "
                 f"{WINDOW} (the SLO allows {number(cfg.slo.max_p95_ms)} ms)."
             ),
+            value=DURATION,
         ),
         Alert(
             name="PortalLowCacheHitRate",
@@ -108,6 +119,7 @@ def _service(cfg: StackConfig) -> list[Alert]:
                 "{{ $value | humanizePercentage }} of cache lookups were hits over the last "
                 f"{WINDOW} (expected at least {number(a.cache_hit_rate_min * 100)}%)."
             ),
+            value=PERCENT,
         ),
         Alert(
             name="PortalSlowQueries",
@@ -124,8 +136,14 @@ def _service(cfg: StackConfig) -> list[Alert]:
                 f"{{{{ $value | humanizeDuration }}}} over the last {WINDOW} "
                 f"(threshold {number(a.slow_query_ms)} ms)."
             ),
+            value=DURATION,
         ),
     ]
+
+
+def shorter(one: str, other: str) -> str:
+    """The shorter of two durations, as written."""
+    return one if parse_duration(one) <= parse_duration(other) else other
 
 
 def _datastores(cfg: StackConfig) -> list[Alert]:
@@ -146,12 +164,13 @@ def _datastores(cfg: StackConfig) -> list[Alert]:
                 "{{ $labels.instance }} (threshold "
                 f"{number(a.pg_connections_max_ratio * 100)}%)."
             ),
+            value=PERCENT,
         ),
         Alert(
             name="RedisDown",
             severity="critical",
             expr=f'redis_up == 0 or up{{job="{JOB_REDIS}"}} == 0',
-            for_="1m",
+            for_=shorter("1m", a.for_duration),
             summary="Redis is down",
             description=(
                 "Redis at {{ $labels.instance }} does not answer (value {{ $value }}: redis_up "
@@ -172,6 +191,7 @@ def _datastores(cfg: StackConfig) -> list[Alert]:
                 f"maxmemory ({cfg.redis.max_memory}; threshold "
                 f"{number(a.redis_memory_max_ratio * 100)}%); keys are being evicted."
             ),
+            value=PERCENT,
         ),
     ]
 
@@ -227,6 +247,7 @@ def _workloads(cfg: StackConfig) -> list[Alert]:
                 "{{ $value | humanizeDuration }} ago and the canary rolled back; the alert "
                 f"resolves {RELEASE_ABORTED_WINDOW_S // 60} minutes after the abort."
             ),
+            value="aborted {{ $value | humanizeDuration }} ago",
         ),
     ]
 
@@ -239,7 +260,9 @@ def _rule(cfg: StackConfig, alert: Alert) -> dict[str, Any]:
     rule["annotations"] = {
         "summary": alert.summary,
         "description": alert.description,
+        "value": alert.value,
         "runbook_url": cfg.alerts.runbook_url(alert.slug),
+        "dashboard_url": cfg.alerts.grafana_url + alert.panel.path,
     }
     return rule
 

@@ -32,6 +32,7 @@ DASHBOARDS = "dashboards"
 TRACING = "tracing"
 CLUSTER_METRICS = "cluster-metrics"
 RELEASE_EVENTS = "release-events"
+ALERTING = "alerting"
 LEDGER = "ledger"
 LEDGER_ARCHIVE = "ledger-archive"
 

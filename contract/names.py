@@ -30,6 +30,10 @@ class Names:
     """Service of the Pushgateway to which ``portalctl`` pushes release events."""
     pushgateway_port: int = 9091
     kube_state_metrics: str = "kube-state-metrics"
+    alertmanager: str = "alertmanager"
+    """Service of Alertmanager: Prometheus sends it alerts, ``portalctl`` release events and
+    silences."""
+    alertmanager_port: int = 9093
 
     @property
     def stable(self) -> str:
@@ -123,3 +127,19 @@ REDIS_EXPORTER_USER = "portal_exporter"
 POSTGRES_USER_KEY = "POSTGRES_USER"
 POSTGRES_PASSWORD_KEY = "POSTGRES_PASSWORD"  # noqa: S105 - a key name
 POSTGRES_DATABASE_KEY = "POSTGRES_DB"
+
+ALERT_RUNBOOKS: dict[str, str] = {
+    "PortalHighErrorRate": "high-error-rate",
+    "PortalHighLatency": "high-latency",
+    "PortalLowCacheHitRate": "low-cache-hit-rate",
+    "PortalSlowQueries": "slow-queries",
+    "PostgresConnectionSaturation": "postgres-connections",
+    "RedisDown": "redis-down",
+    "RedisMemoryHigh": "redis-memory",
+    "PortalInstancesNotReady": "instances-not-ready",
+    "PortalMigrationJobFailed": "migration-failed",
+    "PortalReleaseAborted": "release-aborted",
+}
+"""Alert name -> runbook slug (``runbooks/<slug>.md``): every alert rule of a stack, in runbook
+order. The runbooks, the silences ``portalctl`` creates and the config model rely on these
+names."""

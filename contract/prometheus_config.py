@@ -24,6 +24,7 @@ JOB_REDIS = "redis"
 JOB_PUSHGATEWAY = "pushgateway"
 JOB_KUBE_STATE_METRICS = "kube-state-metrics"
 JOB_PROMETHEUS = "prometheus"
+JOB_ALERTMANAGER = "alertmanager"
 
 RULES_FILE = "alerts.yml"
 """The rule file, next to ``prometheus.yml`` (Prometheus resolves it relative to the config)."""
@@ -54,6 +55,8 @@ class Targets:
     """Static app instances; ``None`` discovers the app's pods in the stack's namespace."""
     app_credentials_file: str | None = None
     """The bearer token file Prometheus presents to the app (``/metrics`` is not public)."""
+    alertmanager: str | None = None
+    """Where Prometheus sends its alerts (and scrapes Alertmanager's own metrics)."""
 
 
 def kubernetes_targets(cfg: StackConfig) -> Targets:
@@ -67,6 +70,7 @@ def kubernetes_targets(cfg: StackConfig) -> Targets:
         kube_state_metrics=f"{n.kube_state_metrics}:{ports.KUBE_STATE_METRICS}",
         app=None,
         app_credentials_file=f"{SCRAPE_TOKEN_DIR}/{SCRAPE_TOKEN_KEY}",
+        alertmanager=f"{n.alertmanager}:{n.alertmanager_port}",
     )
 
 
@@ -152,15 +156,28 @@ def build(
     ]
     if targets.kube_state_metrics is not None:
         jobs.append(static(JOB_KUBE_STATE_METRICS, targets.kube_state_metrics))
-    return {
+    conf: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,
             "evaluation_interval": interval,
-            "external_labels": {"stack": cfg.stack, "environment": cfg.environment},
+            # on every alert: Alertmanager groups by namespace, silences match the stack
+            "external_labels": {
+                "stack": cfg.stack,
+                "environment": cfg.environment,
+                "namespace": cfg.namespace,
+            },
         },
         "rule_files": list(rule_files),
         "scrape_configs": jobs,
     }
+    if targets.alertmanager is not None:
+        jobs.append(static(JOB_ALERTMANAGER, targets.alertmanager))
+        conf["alerting"] = {
+            "alertmanagers": [
+                {"api_version": "v2", "static_configs": [{"targets": [targets.alertmanager]}]}
+            ]
+        }
+    return conf
 
 
 def render(

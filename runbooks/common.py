@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from contract import promql
 from contract.config import StackConfig
+from contract.panels import Panel
 from runbooks.model import (
     WINDOW,
-    Panel,
     Query,
     Severity,
     Templates,
 )
-
-API = "portal-api-performance"
-DATA = "portal-database-redis"
 
 FLUSH_PATTERN = "users:list:*"
 """The cache keys a Redis-memory runbook flushes first: list pages are many, big and cheap to

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from contract.config import StackConfig
+from contract.panels import ALERT_PANELS
 from contract.prometheus_config import JOB_REDIS
 from runbooks.common import (
-    DATA,
     FLUSH_PATTERN,
     cache_hit_rate_query,
     redis_errors_query,
@@ -16,7 +16,6 @@ from runbooks.model import (
     DbCheck,
     FlushCache,
     KubeRead,
-    Panel,
     Probe,
     Query,
     Rollback,
@@ -26,7 +25,7 @@ from runbooks.model import (
 
 def postgres_connections(cfg: StackConfig) -> Runbook:
     a = cfg.alerts
-    panel = Panel(DATA, 3, "Connection saturation")
+    panel = ALERT_PANELS["PostgresConnectionSaturation"]
     return Runbook(
         slug="postgres-connections",
         alert="PostgresConnectionSaturation",
@@ -79,7 +78,7 @@ def postgres_connections(cfg: StackConfig) -> Runbook:
 def redis_down(cfg: StackConfig) -> Runbook:
     n = cfg.names
     ns = cfg.namespace
-    panel = Panel(DATA, 13, "Redis up")
+    panel = ALERT_PANELS["RedisDown"]
     return Runbook(
         slug="redis-down",
         alert="RedisDown",
@@ -133,7 +132,7 @@ def redis_down(cfg: StackConfig) -> Runbook:
 
 def redis_memory(cfg: StackConfig) -> Runbook:
     a = cfg.alerts
-    panel = Panel(DATA, 14, "Memory used of maxmemory")
+    panel = ALERT_PANELS["RedisMemoryHigh"]
     return Runbook(
         slug="redis-memory",
         alert="RedisMemoryHigh",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from contract.panels import Panel
+
 Severity = Literal["critical", "warning"]
 Op = Literal[">", "<"]
 Unit = Literal["ratio", "seconds", "count"]
@@ -112,19 +114,6 @@ class DisableSentry:
 
 
 Action = Rollback | Scale | FlushCache | DisableSentry
-
-
-@dataclass(frozen=True)
-class Panel:
-    """A Grafana dashboard panel (dashboards of ``components/dashboards``)."""
-
-    dashboard_uid: str
-    panel_id: int
-    title: str
-
-    @property
-    def path(self) -> str:
-        return f"/d/{self.dashboard_uid}?viewPanel={self.panel_id}"
 
 
 @dataclass(frozen=True)

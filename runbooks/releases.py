@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from contract.config import StackConfig
+from contract.panels import ALERT_PANELS
 from runbooks.common import (
-    API,
     error_rate_query,
     p95_query,
     templates,
@@ -12,7 +12,6 @@ from runbooks.common import (
 from runbooks.model import (
     DbCheck,
     KubeRead,
-    Panel,
     Probe,
     Query,
     Rollback,
@@ -24,7 +23,7 @@ def migration_failed(cfg: StackConfig) -> Runbook:
     a = cfg.alerts
     n = cfg.names
     ns = cfg.namespace
-    panel = Panel(API, 21, "DB query p95 by operation")
+    panel = ALERT_PANELS["PortalMigrationJobFailed"]
     return Runbook(
         slug="migration-failed",
         alert="PortalMigrationJobFailed",
@@ -76,7 +75,7 @@ def migration_failed(cfg: StackConfig) -> Runbook:
 
 
 def release_aborted(cfg: StackConfig) -> Runbook:
-    panel = Panel(API, 15, "Error rate by track")
+    panel = ALERT_PANELS["PortalReleaseAborted"]
     return Runbook(
         slug="release-aborted",
         alert="PortalReleaseAborted",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from contract.config import StackConfig
+from contract.panels import ALERT_PANELS
 from runbooks.common import (
-    API,
     cache_hit_rate_query,
     db_p95_query,
     error_rate_query,
@@ -16,7 +16,6 @@ from runbooks.model import (
     DbCheck,
     DisableSentry,
     KubeRead,
-    Panel,
     Probe,
     Query,
     Rollback,
@@ -26,7 +25,7 @@ from runbooks.model import (
 
 
 def high_error_rate(cfg: StackConfig) -> Runbook:
-    panel = Panel(API, 15, "Error rate by track")
+    panel = ALERT_PANELS["PortalHighErrorRate"]
     return Runbook(
         slug="high-error-rate",
         alert="PortalHighErrorRate",
@@ -75,7 +74,7 @@ def high_error_rate(cfg: StackConfig) -> Runbook:
 
 
 def high_latency(cfg: StackConfig) -> Runbook:
-    panel = Panel(API, 10, "p95 latency: canary vs stable")
+    panel = ALERT_PANELS["PortalHighLatency"]
     return Runbook(
         slug="high-latency",
         alert="PortalHighLatency",
@@ -108,7 +107,7 @@ def high_latency(cfg: StackConfig) -> Runbook:
 
 
 def low_cache_hit_rate(cfg: StackConfig) -> Runbook:
-    panel = Panel(API, 18, "Cache hit rate by TTL class")
+    panel = ALERT_PANELS["PortalLowCacheHitRate"]
     return Runbook(
         slug="low-cache-hit-rate",
         alert="PortalLowCacheHitRate",
@@ -144,7 +143,7 @@ def low_cache_hit_rate(cfg: StackConfig) -> Runbook:
 
 def slow_queries(cfg: StackConfig) -> Runbook:
     a = cfg.alerts
-    panel = Panel(API, 21, "DB query p95 by operation")
+    panel = ALERT_PANELS["PortalSlowQueries"]
     return Runbook(
         slug="slow-queries",
         alert="PortalSlowQueries",
@@ -184,7 +183,7 @@ def slow_queries(cfg: StackConfig) -> Runbook:
 def instances_not_ready(cfg: StackConfig) -> Runbook:
     n = cfg.names
     ns = cfg.namespace
-    panel = Panel(API, 14, "Request rate by track and version")
+    panel = ALERT_PANELS["PortalInstancesNotReady"]
     return Runbook(
         slug="instances-not-ready",
         alert="PortalInstancesNotReady",

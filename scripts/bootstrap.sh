@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything `make test` and `make demo` need on a fresh Debian machine, running as root:
-# the system servers (PostgreSQL, Redis, Prometheus with promtool, nginx, the two exporters, wrk)
+# the system servers (PostgreSQL, Redis, Prometheus with promtool, Alertmanager with amtool, nginx,
+# the two exporters, wrk)
 # and a virtualenv with the pinned Python dependencies. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ declare -A PROVIDER=(
   [wrk]=wrk [prometheus-postgres-exporter]=prometheus-postgres-exporter
   [prometheus-redis-exporter]=prometheus-redis-exporter
   [prometheus-pushgateway]=prometheus-pushgateway [psql]=postgresql-client
+  [prometheus-alertmanager]=prometheus-alertmanager [amtool]=prometheus-alertmanager
 )
 
 missing=()
@@ -20,7 +22,7 @@ for bin in "${!PROVIDER[@]}"; do
   fi
 done
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
-# de-duplicate (prometheus provides two binaries)
+# de-duplicate (prometheus and prometheus-alertmanager provide two binaries each)
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if ! ls /usr/share/postgresql/*/extension/pg_stat_statements.control >/dev/null 2>&1; then
   missing+=(postgresql-contrib)

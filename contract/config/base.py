@@ -23,6 +23,7 @@ _ALIASES = {
     "scrape_interval_s": "scrapeInterval",
     "for_duration": "for",
     "sentry_dsn": "sentryDsn",
+    "from_": "from",
 }
 
 

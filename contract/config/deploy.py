@@ -205,6 +205,7 @@ DEFAULT_IMAGES = {
     "jaeger": "jaegertracing/all-in-one:1.62.0",
     "kubeStateMetrics": "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.13.0",
     "pushgateway": "prom/pushgateway:v1.10.0",
+    "alertmanager": "prom/alertmanager:v0.27.0",
     "backupUploader": "amazon/aws-cli:2.18.0",
 }
 
@@ -286,8 +287,8 @@ class MigrationsConfig(Section):
 
 
 class ObservabilityConfig(Section):
-    """Prometheus, Grafana, Jaeger, kube-state-metrics and the Pushgateway; every image pinned by
-    tag."""
+    """Prometheus, Alertmanager, Grafana, Jaeger, kube-state-metrics and the Pushgateway; every
+    image pinned by tag."""
 
     prometheus_image: PinnedImage = Field(default=DEFAULT_IMAGES["prometheus"])
     grafana_image: PinnedImage = Field(default=DEFAULT_IMAGES["grafana"])
@@ -306,6 +307,10 @@ class ObservabilityConfig(Section):
     )
     pushgateway_image: PinnedImage = Field(
         default=DEFAULT_IMAGES["pushgateway"], description="where portalctl pushes release events"
+    )
+    alertmanager_image: PinnedImage = Field(
+        default=DEFAULT_IMAGES["alertmanager"],
+        description="routes the alerts to the receivers of portal:alerts",
     )
 
 

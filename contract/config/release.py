@@ -10,10 +10,14 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from contract.config.base import Section
 from contract.config.errors import ConfigError
+from contract.config.receivers import Receivers
 from contract.config.steps import DEFAULT_STEPS, Step, parse_steps
 from contract.config.types import (
+    AlertName,
+    BaseUrl,
     Duration,
     DurationText,
+    Flag,
     FolderUrl,
     Number,
     Whole,
@@ -133,10 +137,12 @@ class CanaryConfig(Section):
 
 
 DEFAULT_RUNBOOK_BASE_URL = "https://github.com/acme/portal-platform/blob/main/runbooks"
+DEFAULT_GRAFANA_URL = "http://localhost:3000"
+"""Where ``kubectl port-forward svc/grafana 3000`` puts Grafana (what the runbooks suggest)."""
 
 
 class AlertsConfig(Section):
-    """Alert thresholds beyond the SLO."""
+    """Alert thresholds beyond the SLO, and where Alertmanager sends alerts and release events."""
 
     cache_hit_rate_min: Number = Field(
         default=0.7, ge=0.0, le=1.0, description="hit rate below which PortalLowCacheHitRate fires"
@@ -163,6 +169,36 @@ class AlertsConfig(Section):
         default=DEFAULT_RUNBOOK_BASE_URL,
         description="where the runbooks are published; an alert's runbook_url is "
         "<runbookBaseUrl>/<slug>.md",
+    )
+
+    grafana_url: BaseUrl = Field(
+        default=DEFAULT_GRAFANA_URL,
+        description="where people open Grafana; a notification links the alert's panel as "
+        "<grafanaUrl>/d/<dashboard>?viewPanel=<panel>",
+    )
+    receivers: Receivers = Field(
+        default=Receivers(),
+        description="critical alerts go to pagerduty and email (slack without either), warnings "
+        "and release events to slack (email without it), all to the webhook",
+    )
+    group_wait: DurationText = Field(
+        default="30s", description="how long Alertmanager gathers a new group's alerts"
+    )
+    group_interval: DurationText = Field(
+        default="5m", description="between notifications of a group that changed"
+    )
+    repeat_interval: DurationText = Field(
+        default="4h", description="before a firing group that did not change is sent again"
+    )
+    release_events: Flag = Field(
+        default=True,
+        description="portalctl posts started, step passed, promoted, aborted and held to the "
+        "receivers through Alertmanager",
+    )
+    silence: tuple[AlertName, ...] = Field(
+        default=(),
+        description="alerts silenced for the stack while a release runs (`portalctl release "
+        "start --silence` replaces the list)",
     )
 
     def runbook_url(self, slug: str) -> str:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from contract.config.errors import ConfigError, translate, unknown_key
 from contract.config.model import CONFIG_KEYS, StackConfig
+from contract.config.secrets import refuse_plain_text
 from contract.names import NAMESPACE
 
 _STACK = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -77,6 +78,12 @@ def read_stack_values(path: Path) -> dict[str, Any]:
     return values
 
 
-def load_stack(stack: str, project_dir: Path | str = ".") -> StackConfig:
-    """The validated model of ``Pulumi.<stack>.yaml`` in ``project_dir``."""
-    return parse_config(read_stack_values(stack_file(stack, project_dir)), stack)
+def load_stack(
+    stack: str, project_dir: Path | str = ".", *, plain_text_secrets: bool = False
+) -> StackConfig:
+    """The validated model of ``Pulumi.<stack>.yaml`` in ``project_dir``. A credential in plain
+    text there is refused unless ``plain_text_secrets`` (a file that is no Pulumi stack's)."""
+    cfg = parse_config(read_stack_values(stack_file(stack, project_dir)), stack)
+    if not plain_text_secrets:
+        refuse_plain_text(cfg)
+    return cfg

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Strict
 
+from contract.names import ALERT_RUNBOOKS
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _IMAGE_REPO = re.compile(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$")
@@ -237,4 +239,50 @@ RedisSize = Annotated[
 ]
 Retention = Annotated[
     str, Strict(), _matching(r"^\d+(h|d|w|y)$"), Allowed('expected a retention such as "15d"')
+]
+EmailAddress = Annotated[
+    str,
+    Strict(),
+    _matching(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$"),
+    Allowed("expected an email address"),
+]
+EmailAddresses = Annotated[
+    str,
+    Strict(),
+    _matching(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+(\s*,\s*[^@\s,]+@[^@\s,]+\.[^@\s,]+)*$"),
+    Allowed("expected email addresses separated by commas"),
+]
+HostPort = Annotated[
+    str,
+    Strict(),
+    _matching(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:\d{1,5}$"),
+    Allowed('expected host:port, e.g. "smtp.example.com:587"'),
+]
+SlackChannel = Annotated[
+    str,
+    Strict(),
+    _matching(r"^[#@][a-z0-9._-]{1,80}$"),
+    Allowed('expected a channel such as "#portal-alerts"'),
+]
+Text = Annotated[str, Strict(), _matching(r"^\S(.*\S)?$"), Allowed("expected a non-empty string")]
+BaseUrl = Annotated[
+    str,
+    Strict(),
+    _matching(r"^https?://[^\s/]+(/[^\s]*)?$"),
+    AfterValidator(lambda v: v.rstrip("/")),
+    Allowed("expected an http(s) URL"),
+]
+
+
+def _alert_name(value: str) -> str:
+    if value not in ALERT_RUNBOOKS:
+        raise ValueError("not an alert")
+    return value
+
+
+AlertName = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_alert_name),
+    Allowed("expected alert names among " + ", ".join(ALERT_RUNBOOKS)),
 ]

@@ -185,3 +185,57 @@ def test_the_engine_accepts_the_project_file_and_the_stack_file(
     assert got["sentryDsn"] == ""
     if stack == "staging":
         assert got["migrations"] == {}
+
+
+RECEIVER_PROGRAM = """
+import pulumi
+
+from components.stack_config import load_config
+from contract import alertmanager
+
+cfg = load_config()
+pulumi.export("alertsKeyIsSecret", pulumi.runtime.is_config_secret("portal:alerts"))
+pulumi.export("for", cfg.alerts.for_duration)
+pulumi.export("alertmanagerConfig", pulumi.Output.secret(alertmanager.render(cfg)))
+"""
+
+
+def test_a_receiver_credential_set_with_a_path_stays_encrypted_and_reaches_the_program(
+    pulumi: Pulumi, tmp_path: Path
+) -> None:
+    """`pulumi config set --secret --path` writes the credential encrypted inside the
+    portal:alerts object (the other keys stay readable), portalctl reads the file knowing only
+    that it is set, and the engine hands the program the object decrypted with the key marked
+    secret: the program renders Alertmanager's config with it, and it is kept secret."""
+    import yaml
+
+    from contract.config import load_stack
+
+    folder = tmp_path / "portal"
+    folder.mkdir()
+    for name in ("Pulumi.yaml", "Pulumi.staging.yaml"):
+        shutil.copy(REPO / name, folder / name)
+    url = f"https://hooks.slack.com/services/T0/B0/{secrets.token_urlsafe(18)}"
+    pulumi.run("stack", "init", "staging", "--secrets-provider", "passphrase", cwd=folder)
+    key = "portal:alerts.receivers.slack.apiUrl"
+    pulumi.run("config", "set", "--secret", "--path", key, url, cwd=folder)
+
+    text = (folder / "Pulumi.staging.yaml").read_text()
+    assert url not in text
+    stored = yaml.safe_load(text)["config"]["portal:alerts"]
+    assert set(stored["receivers"]["slack"]["apiUrl"]) == {"secure"}
+    assert stored["for"] == "2m" and stored["receivers"]["webhook"]["url"]  # kept as they were
+    cfg = load_stack("staging", folder)  # what portalctl sees: set, and encrypted
+    assert cfg.alerts.receivers.slack is not None and cfg.alerts.receivers.slack.api_url.encrypted
+
+    (tmp_path / "receivers.py").write_text(RECEIVER_PROGRAM)
+    pulumi.stack("up", folder, "staging", "--program", str(tmp_path / "receivers.py"))
+    shown = json.loads(pulumi.run("stack", "output", "--show-secrets", "--json", cwd=folder).stdout)
+    assert shown["alertsKeyIsSecret"] is True and shown["for"] == "2m"
+    rendered = yaml.safe_load(shown["alertmanagerConfig"])
+    chat = next(r for r in rendered["receivers"] if r["name"] == "chat")
+    assert chat["slack_configs"][0]["api_url"] == url
+    hidden = json.loads(pulumi.run("stack", "output", "--json", cwd=folder).stdout)
+    assert hidden["alertmanagerConfig"] == "[secret]"
+    for path in (p for p in (pulumi.state / "backend").rglob("*") if p.is_file()):
+        assert url not in path.read_text(errors="replace"), f"in plain text in {path}"
