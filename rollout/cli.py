@@ -21,11 +21,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from contract.config import ConfigError, StackConfig, stack_file
+from contract.names import ALERT_RUNBOOKS
 from rollout.engine import LeaseLost, Outcome, OutcomeStatus, ReleaseEngine, ReleaseError
 from rollout.engine.stable import ReleaseInFlight
 from rollout.engine.status import LedgerStatus
 from rollout.events import Event
-from rollout.ledger import LedgerError, ReleaseInProgress, ReleaseStatus
+from rollout.ledger import LedgerError, Release, ReleaseInProgress, ReleaseStatus
 from rollout.local.processes import ServerError
 from rollout.ports import ReleaseSpec, Target, TargetError
 from rollout.progress import Progress
@@ -83,6 +84,16 @@ def _open(
         fail(str(exc))
 
 
+def reports_dir(stack: str | None, project_dir: Path, local_dir: Path | None) -> Path:
+    """Where a release's HTML report is written at its end: ``<local dir>/reports`` for the local
+    stack, ``<project>/.portal/reports/<stack>`` for a cluster's."""
+    if stack is None:
+        from rollout.local.stack import LOCAL_DIR
+
+        return (local_dir if local_dir is not None else project_dir / LOCAL_DIR) / "reports"
+    return project_dir / ".portal" / "reports" / stack
+
+
 def _engine(
     cfg: StackConfig,
     target: Target,
@@ -90,9 +101,17 @@ def _engine(
     local: bool,
     project_dir: Path,
     show: Callable[[Event], None] | None = None,
+    local_dir: Path | None = None,
 ) -> ReleaseEngine:
     stackfile = None if local or not stack else stack_file(stack, project_dir)
-    return ReleaseEngine(cfg, target, events=show, stackfile=stackfile)
+    reports = reports_dir(None if local else stack, project_dir, local_dir)
+
+    def report(release: Release) -> str:
+        from rollout.report import file_reporter  # matplotlib: imported when a release ends
+
+        return file_reporter(reports)(release)
+
+    return ReleaseEngine(cfg, target, events=show, stackfile=stackfile, reporter=report)
 
 
 def _user() -> str:
@@ -107,8 +126,11 @@ _SHOWN = {
 }
 
 
-def _finish(outcome: Outcome) -> NoReturn:
+def _finish(outcome: Outcome, engine: ReleaseEngine | None = None) -> NoReturn:
     console.print(f"{_SHOWN[outcome.status]} {outcome.release_id}: {escape(outcome.reason)}")
+    release = engine.ledger.find(outcome.release_id) if engine is not None else None
+    if release is not None and release.report:
+        console.print(f"report: {release.report}", markup=False)
     if outcome.incident is not None and outcome.incident.runbook:
         console.print(
             f"incident recorded; follow: portalctl runbook run {outcome.incident.runbook}"
@@ -176,11 +198,28 @@ def release_start(
             "(drills: the app's fault switch).",
         ),
     ] = None,
+    silence: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--silence",
+            help="An alert to silence for the stack while the release runs (repeat it; "
+            "replaces portal:alerts.silence).",
+        ),
+    ] = None,
+    no_silence: Annotated[
+        bool, typer.Option("--no-silence", help="Silence nothing (not even portal:alerts.silence).")
+    ] = False,
     project_dir: ProjectOpt = Path("."),
     context: ContextOpt = None,
     local_dir: DirOpt = None,
 ) -> None:
     """Release a new version through the stack's canary steps; exit 0 promoted, 1 rolled back."""
+    if silence and no_silence:
+        fail("--silence and --no-silence are exclusive")
+    for name in silence or []:
+        if name not in ALERT_RUNBOOKS:
+            known = ", ".join(ALERT_RUNBOOKS)
+            fail(f"--silence {name!r}: not an alert of the stack (known: {known})")
     if local:
         if not version:
             fail("--local needs --version V")
@@ -196,7 +235,7 @@ def release_start(
             fail("--env is for local drills (the fault switch); a cluster release runs the image")
     extra = parse_env(env or [])
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console), local_dir)
     try:
         engine.ledger.read()  # a malformed ledger is refused before anything is written
     except (LedgerError, TargetError) as exc:
@@ -206,9 +245,12 @@ def release_start(
 
         root = local_dir if local_dir is not None else project_dir / LOCAL_DIR
         LocalStack(root).set_version_env(str(version), extra)
-    outcome = _guard(lambda: engine.start(ReleaseSpec("", str(version), image)), engine)
+    muted = () if no_silence else silence or None
+    outcome = _guard(
+        lambda: engine.start(ReleaseSpec("", str(version), image), silence=muted), engine
+    )
     assert outcome is not None
-    _finish(outcome)
+    _finish(outcome, engine)
 
 
 @release_app.command("resume")
@@ -221,10 +263,10 @@ def release_resume(
 ) -> None:
     """Continue the release in flight from the step it was on (after a crash or a hold)."""
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console), local_dir)
     outcome = _guard(engine.resume, engine)
     assert outcome is not None
-    _finish(outcome)
+    _finish(outcome, engine)
 
 
 def _request(
@@ -236,14 +278,14 @@ def _request(
     local_dir: Path | None,
 ) -> None:
     cfg, target = _open(stack, local, project_dir, context, local_dir)
-    engine = _engine(cfg, target, stack, local, project_dir, Progress(console))
+    engine = _engine(cfg, target, stack, local, project_dir, Progress(console), local_dir)
     outcome = _guard(lambda: engine.request(action, _user()), engine)
     if outcome is None:
         console.print(
             f"{action} recorded; the running portalctl acts on it within {cfg.canary.interval_s:g}s"
         )
         raise typer.Exit(0)
-    _finish(outcome)
+    _finish(outcome, engine)
 
 
 @release_app.command("promote")

@@ -3,8 +3,9 @@
 Small interfaces named for what their users need, after flagger's router and metrics-provider
 split: ``Workloads`` run versions, a ``TrafficRouter`` sets and reads the canary's share,
 a ``Migrator`` runs a version's migrations, a ``LedgerStore`` keeps the ledger with
-compare-and-swap, ``Telemetry`` answers PromQL and publishes release events, ``Diagnostics``
-reads instances, events and Jobs, and ``AppAdmin`` calls the service's operational endpoints.
+compare-and-swap, ``Telemetry`` answers PromQL and publishes release events, ``Alerting`` posts
+release notifications and silences to Alertmanager, ``Diagnostics`` reads instances, events and
+Jobs, and ``AppAdmin`` calls the service's operational endpoints.
 
 Two backends implement every port: Kubernetes (``rollout.k8s``) and the local stack
 (``rollout.local``). Where something cannot exist on one (Kubernetes events on the local stack),
@@ -16,7 +17,7 @@ before acting on it and, after a crash, performs the last unfinished transition 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ from rollout.prometheus import Prometheus
 
 __all__ = [
     "AdminAnswer",
+    "Alerting",
+    "AlertingError",
     "AppAdmin",
     "ClusterEvent",
     "ConflictError",
@@ -36,9 +39,11 @@ __all__ = [
     "LedgerStore",
     "MigrationResult",
     "Migrator",
+    "Notification",
     "Phase",
     "ReleaseEvent",
     "ReleaseSpec",
+    "SilenceSpec",
     "Target",
     "TargetError",
     "TargetState",
@@ -68,6 +73,10 @@ class ConflictError(RuntimeError):
 
 class TelemetryError(RuntimeError):
     """A release event could not be published (the message says where and why)."""
+
+
+class AlertingError(RuntimeError):
+    """Alertmanager did not take a notification or a silence (the message says where, why)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,30 @@ class ReleaseEvent:
     aborted_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Notification:
+    """An alert posted to Alertmanager (a release event): routed to the receivers like one."""
+
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float
+    ends_at: float
+
+
+@dataclass(frozen=True)
+class SilenceSpec:
+    """Mute ``alerts`` of ``stack`` from ``starts_at`` to ``ends_at`` (unix seconds)."""
+
+    alerts: tuple[str, ...]
+    stack: str
+    starts_at: float
+    ends_at: float
+    created_by: str
+    comment: str
+    silence_id: str | None = None
+    """Change this silence (its end) instead of creating one."""
+
+
 class Workloads(Protocol):
     """The stable and canary workloads."""
 
@@ -277,6 +310,25 @@ class Telemetry(Protocol):
         ...
 
 
+class Alerting(Protocol):
+    """Alertmanager: release events posted as alerts, silences during planned work. Every call
+    is retried a bounded number of times, then raises ``AlertingError``."""
+
+    def notify(self, notifications: Sequence[Notification]) -> None: ...
+
+    def silence(self, spec: SilenceSpec) -> str:
+        """Create (or change) a silence; its id (a changed one may get a new id)."""
+        ...
+
+    def expire(self, silence_id: str) -> None:
+        """End the silence now (one that ended already, or is unknown, is left as it is)."""
+        ...
+
+    def silence_state(self, silence_id: str) -> str | None:
+        """``active``, ``pending`` or ``expired``; ``None`` when Alertmanager does not know it."""
+        ...
+
+
 class Diagnostics(Protocol):
     """Read-only views for the runbooks (and the engine's health gate)."""
 
@@ -322,3 +374,4 @@ class Target:
     diagnostics: Diagnostics
     admin: AppAdmin | Unavailable
     """``Unavailable`` where the service's admin endpoints cannot be called from here."""
+    alerting: Alerting

@@ -16,7 +16,7 @@ import html
 import io
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
+
+from rollout.ledger import Release
 
 COLOURS = {
     "canary": "#d9480f",
@@ -472,3 +474,13 @@ def write_report(release: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(release))
     return path
+
+
+def file_reporter(folder: Path) -> Callable[[Release], str]:
+    """The release engine's reporter: each release's report as ``<folder>/<id>.html``."""
+
+    def write(release: Release) -> str:
+        path = write_report(release.model_dump(mode="json"), folder / f"{release.id}.html")
+        return str(path.resolve())
+
+    return write

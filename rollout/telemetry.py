@@ -8,30 +8,16 @@ CA: a handler of our own opens the request with them.
 
 from __future__ import annotations
 
-import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from contract.promql import RELEASE_ABORTED, RELEASE_JOB, RELEASE_STATUS
+from rollout.http import HttpAuth
 from rollout.ports import ReleaseEvent, TelemetryError, Unavailable
 from rollout.prometheus import Prometheus
-
-
-def _no_headers() -> Mapping[str, str]:
-    return {}
-
-
-@dataclass(frozen=True)
-class HttpAuth:
-    """What a request needs to get through (the API server's proxy: a token, its CA).
-    ``headers`` is asked at every request, so a refreshed token is the one sent."""
-
-    headers: Callable[[], Mapping[str, str]] = field(default=_no_headers)
-    ssl_context: ssl.SSLContext | None = None
 
 
 class PrometheusTelemetry:

@@ -169,14 +169,20 @@ def local_config_with(**canary: Any) -> StackConfig:
 
 
 @contextlib.contextmanager
-def local_stack_file(root: Path, **canary: Any) -> Iterator[Path]:
-    """``<root>/Pulumi.local.yaml`` with these ``portal:canary`` keys replaced, as every
-    ``portalctl --local`` started meanwhile reads it; the file is put back afterwards."""
+def local_stack_file(
+    root: Path, alerts: dict[str, Any] | None = None, **canary: Any
+) -> Iterator[Path]:
+    """``<root>/Pulumi.local.yaml`` with these ``portal:canary`` keys (and ``portal:alerts``
+    keys) replaced, as every ``portalctl --local`` started meanwhile reads it; with ``alerts``,
+    the running Alertmanager and Prometheus take them too. All is put back afterwards."""
     path = stack_file(STACK, root)
     before = path.read_text() if path.exists() else None
     doc = yaml.safe_load(DEFAULT_STACK_FILE.read_text())
     doc["config"]["portal:canary"].update(canary)
+    doc["config"]["portal:alerts"].update(alerts or {})
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if alerts:
+        apply_alerting(LocalStack(root))
     try:
         yield path
     finally:
@@ -184,6 +190,20 @@ def local_stack_file(root: Path, **canary: Any) -> Iterator[Path]:
             path.unlink(missing_ok=True)
         else:
             path.write_text(before)
+        if alerts:
+            apply_alerting(LocalStack(root))
+
+
+def apply_alerting(stack: LocalStack) -> None:
+    """The stack file's alert keys into the running Alertmanager (routing) and Prometheus
+    (rules), as ``portalctl local up`` does on a running stack."""
+    from rollout.local import alerting
+
+    state = stack.load()
+    alerting.start(stack.root, stack.config(), state, lambda m: None)
+    prometheus = stack.prometheus(state)
+    prometheus.write_config()
+    prometheus.reload()
 
 
 def _unique(prefix: str) -> str:

@@ -12,11 +12,14 @@ A rollback that cannot finish (the target still does not answer) leaves the rele
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rollout.engine.context import Context, ProviderGaveUp
+from rollout.engine.notices import Notices
 from rollout.engine.outcome import Outcome, OutcomeStatus, Stop, StopKind
 from rollout.engine.records import done, failure, incident_for, intent
+from rollout.engine.silences import Silences
 from rollout.ledger import Action, LedgerDoc, Release, ReleaseStatus, Stable, require
 from rollout.ledger.model import TransitionArgs
 from rollout.ports import ReleaseEvent, ReleaseSpec, TargetError, TelemetryError
@@ -25,9 +28,19 @@ UNFINISHED = "; the rollback did not finish"
 
 
 class Endings:
-    def __init__(self, ctx: Context, stackfile: Path | None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        stackfile: Path | None,
+        notices: Notices,
+        silences: Silences,
+        reporter: Callable[[Release], str] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.stackfile = stackfile
+        self.notices = notices
+        self.silences = silences
+        self.reporter = reporter
 
     def _release(self, release_id: str) -> Release:
         return require(self.ctx.ledger.read(), release_id)
@@ -78,8 +91,9 @@ class Endings:
             )
 
         ctx.record(release_id, finish)
-        release = self._release(release_id)
+        release = self._ended(release_id, "rolled back")
         self.publish(release_id, release.version, 2, aborted_at=now)
+        self.notices.aborted(release)
         data = {"incident": release.incident.model_dump(mode="json") if release.incident else None}
         ctx.emit("rolled_back", release_id, f"rolled back: {reason}", data=data)
         return Outcome(OutcomeStatus.ABORTED, release_id, reason, release.incident)
@@ -123,6 +137,7 @@ class Endings:
 
         ctx.record(release_id, finish)
         self.publish(release_id, spec.version, 1)
+        self.notices.promoted(self._ended(release_id, "promoted"))
         ctx.emit("promoted", release_id, f"{spec.version} promoted: {reason}")
         return Outcome(OutcomeStatus.PROMOTED, release_id, reason)
 
@@ -136,6 +151,7 @@ class Endings:
             release.status, release.reason = status, stop.reason
 
         self.ctx.record(release_id, write)
+        self.notices.held(self._ended(release_id, f"{status.value.lower()}: a human decides now"))
         if status is ReleaseStatus.HELD:
             self.ctx.emit(
                 "held",
@@ -145,6 +161,22 @@ class Endings:
         return Outcome(OutcomeStatus.HELD, release_id, stop.reason)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _ended(self, release_id: str, why: str) -> Release:
+        """Nobody drives the release any more: its silence ends, its report is written."""
+        self.silences.end(release_id, why)
+        if self.reporter is not None:
+            try:
+                where = self.reporter(self._release(release_id))
+            except Exception as exc:  # a report is a convenience: it never fails a release
+                self.ctx.emit("info", release_id, f"report not written: {exc}")
+            else:
+
+                def note(doc: LedgerDoc) -> None:
+                    require(doc, release_id).report = where
+
+                self.ctx.record(release_id, note)
+        return self._release(release_id)
 
     def record_version(self, release_id: str, version: str, image: str | None) -> str:
         """The version stable runs now into ``Pulumi.<stack>.yaml``, before the ledger says so

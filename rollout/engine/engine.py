@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,8 +26,10 @@ from contract.config import StackConfig
 from rollout.engine import stable
 from rollout.engine.context import Context, LeaseKeeper, ProviderGaveUp
 from rollout.engine.endings import Endings
+from rollout.engine.notices import Notices
 from rollout.engine.outcome import Outcome, OutcomeStatus, ReleaseError, Stop, StopKind
 from rollout.engine.records import done, failure, intent
+from rollout.engine.silences import Silences
 from rollout.engine.stable import release_id_for
 from rollout.engine.status import LedgerStatus, pending_of
 from rollout.engine.steps import StepRunner
@@ -41,6 +43,7 @@ from rollout.ledger import (
     ReleaseInProgress,
     ReleaseStatus,
     Request,
+    SilenceRecord,
     Stable,
     require,
 )
@@ -49,6 +52,9 @@ from rollout.ports import ReleaseSpec, Target, TargetError, TargetState, TargetU
 
 KEEP_RELEASES = 50
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+Reporter = Callable[[Release], str]
+"""Writes a release's report and says where (a path or a URL)."""
 
 __all__ = ["LedgerStatus", "ReleaseEngine"]
 
@@ -64,6 +70,7 @@ class ReleaseEngine:
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
         stackfile: Path | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self.cfg = cfg
         self.canary = cfg.canary
@@ -74,7 +81,9 @@ class ReleaseEngine:
             lease.holder = holder
         self.ctx = Context(cfg, target, self.ledger, lease, clock, sleep, events or ignore)
         self.stackfile = stackfile
-        self.endings = Endings(self.ctx, stackfile)
+        self.notices = Notices(self.ctx)
+        self.silences = Silences(self.ctx)
+        self.endings = Endings(self.ctx, stackfile, self.notices, self.silences, reporter)
         self.steps = StepRunner(self.ctx, self._transition)
 
     @property
@@ -83,7 +92,9 @@ class ReleaseEngine:
 
     # =========================================================================== public
 
-    def start(self, spec: ReleaseSpec) -> Outcome:
+    def start(self, spec: ReleaseSpec, silence: Sequence[str] | None = None) -> Outcome:
+        """Release ``spec``; ``silence``: alerts muted for the stack while it runs (default
+        ``portal:alerts.silence``)."""
         if not VERSION_RE.match(spec.version):
             raise ReleaseError(
                 f"version {spec.version!r} is not a valid label (1-64 of A-Za-z0-9._+-)"
@@ -92,6 +103,7 @@ class ReleaseEngine:
         state = self.target.workloads.state()
         now = self.ctx.clock()
         spec = replace(spec, release_id=spec.release_id or release_id_for(spec.version, now))
+        muted = tuple(self.cfg.alerts.silence if silence is None else silence)
 
         def begin(doc: LedgerDoc) -> None:
             active = doc.active()
@@ -116,6 +128,7 @@ class ReleaseEngine:
                     steps=[s.describe() for s in self.canary.steps],
                     previous_stable=doc.stable.model_copy(),
                     holder=self.holder,
+                    silence=SilenceRecord(alerts=list(muted)) if muted else None,
                 )
             )
             del doc.releases[:-KEEP_RELEASES]
@@ -128,6 +141,7 @@ class ReleaseEngine:
             f"release {spec.release_id}: {spec.version} on {self.target.name}, steps {steps}",
         )
         self.endings.publish(spec.release_id, spec.version, 0)
+        self.notices.started(self._release(spec.release_id))
         return self._run(spec.release_id)
 
     def resume(self) -> Outcome:
@@ -248,6 +262,7 @@ class ReleaseEngine:
             return Outcome(OutcomeStatus.HELD, release_id, reason)
         finally:
             self.ctx.lease.drop(self.ledger)
+            self.notices.flush()
 
     def _run(self, release_id: str) -> Outcome:
         return self._under_lease(release_id, lambda: self._drive(release_id))
@@ -293,9 +308,11 @@ class ReleaseEngine:
             if pending.action is Action.PROMOTE:
                 return self.endings.promote(release_id, "promotion interrupted; finished now")
         try:
+            self.silences.hold(release_id, release.step)
             self._prepare(release, spec)
             steps = self.canary.steps
             for index in range(release.step, len(steps)):
+                self.silences.hold(release_id, index)
                 self.steps.run(release_id, spec, index, steps[index])
                 self._passed(release_id, index)
         except Stop as stop:
@@ -311,6 +328,7 @@ class ReleaseEngine:
             require(doc, release_id).step = index + 1
 
         self.ctx.record(release_id, write)
+        self.notices.step_passed(self._release(release_id), index)
 
     def _prepare(self, release: Release, spec: ReleaseSpec) -> None:
         """The expand migrations, then the canary with no traffic (each once)."""

@@ -3,8 +3,8 @@
 It patches the objects the Pulumi components created (names from the contract), waits for
 rollout status, probes each pod's health endpoint through the pod proxy, runs each version's
 migrations as a Job, and keeps the ledger in a ConfigMap with compare-and-swap on its
-resourceVersion. Prometheus and the Pushgateway are reached through the API server's service
-proxy with the same credentials, so a laptop with a kubeconfig needs nothing else.
+resourceVersion. Prometheus, the Pushgateway and Alertmanager are reached through the API server's
+service proxy with the same credentials, so a laptop with a kubeconfig needs nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from contract.config import StackConfig
+from rollout.alerting import AlertmanagerClient
 from rollout.k8s.api import (
     REQUEST_TIMEOUT_S,
     Deployments,
@@ -44,6 +45,7 @@ def kubernetes_target(
     sleep: Callable[[float], None] = time.sleep,
     prometheus_url: str | None = None,
     request_timeout_s: tuple[float, float] = REQUEST_TIMEOUT_S,
+    alertmanager_url: str | None = None,
 ) -> Target:
     """The stack's namespace on the cluster ``api_client`` reaches (every call through it with
     ``request_timeout_s``, connect and read)."""
@@ -75,6 +77,11 @@ def kubernetes_target(
         telemetry=telemetry,
         diagnostics=KubeDiagnostics(cfg, api_client, jobs),
         admin=admin_unavailable(cfg),
+        alerting=AlertmanagerClient(
+            alertmanager_url
+            or service_proxy(api_client, ns, names.alertmanager, names.alertmanager_port),
+            auth=http_auth(api_client),
+        ),
     )
 
 

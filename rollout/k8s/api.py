@@ -18,8 +18,8 @@ from kubernetes import client, config
 from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
+from rollout.http import HttpAuth
 from rollout.ports import TargetError, TargetUnreachable
-from rollout.telemetry import HttpAuth
 
 REQUEST_TIMEOUT_S = (5.0, 30.0)
 """Every API call's (connect, read) timeout: a server that stops answering is a

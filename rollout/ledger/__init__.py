@@ -10,6 +10,7 @@ from rollout.ledger.model import (
     Release,
     ReleaseStatus,
     Request,
+    SilenceRecord,
     Stable,
     TransitionState,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "ReleaseInProgress",
     "ReleaseStatus",
     "Request",
+    "SilenceRecord",
     "Stable",
     "TransitionState",
     "new_holder",

@@ -188,6 +188,21 @@ class Incident(Record):
     actions: list[IncidentAction] = Field(default_factory=list)
 
 
+class SilenceRecord(Record):
+    """The Alertmanager silence of a release's expected noise (``--silence``)."""
+
+    alerts: list[str]
+    id: str | None = None
+    """The silence's id while one exists (a new one after a hold and a resume)."""
+    created_at: float | None = None
+    ends_at: float | None = None
+    """When Alertmanager ends it by itself (renewed at every step, like a lease)."""
+    ended_at: float | None = None
+    """When ``portalctl`` expired it (the release ended, paused or was held)."""
+    detail: str | None = None
+    """The last failure to create, extend or expire it."""
+
+
 class Release(Record):
     id: str
     version: str
@@ -211,6 +226,9 @@ class Release(Record):
     reason: str | None = None
     summarized: bool = False
     """Only its summary is here; the whole record is in the ledger's archive."""
+    silence: SilenceRecord | None = None
+    report: str | None = None
+    """Where the release's report was written (the last one, at its end or hold)."""
 
     def pending_transition(self) -> Transition | None:
         """The last transition when it was written as intent and never done (a crash)."""

@@ -3,24 +3,29 @@
 v2.0.0 is healthy and goes through every step to 100%; v3.0.0 has the fault switch on (20% of
 requests fail) and the error gate rolls it back; v4.0.0 only adds 300 ms of latency and the
 latency gate rolls it back. Each release gets an HTML report; the figures (seconds from v3's
-first canary traffic to weight 0, false rollbacks) are printed at the end.
+first canary traffic to weight 0, false rollbacks) are printed at the end, and so are the
+notifications the local alert receiver got from Alertmanager meanwhile: the release events and
+the alerts, with their runbook links.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from rollout.engine import Outcome, OutcomeStatus, ReleaseEngine
 from rollout.ledger import Action, LedgerDoc, Release, Stable, TransitionState
+from rollout.local import webhook
 from rollout.local.load import LoadGenerator
 from rollout.local.stack import STABLE_VERSION, LocalStack
 from rollout.local.target import local_target
 from rollout.ports import ReleaseSpec
 from rollout.progress import Progress
-from rollout.report import write_report
+from rollout.report import file_reporter
 
 RELEASES: tuple[tuple[str, dict[str, str], OutcomeStatus, str], ...] = (
     ("2.0.0", {}, OutcomeStatus.PROMOTED, "healthy"),
@@ -45,6 +50,7 @@ class DrillRelease:
     report: Path
     detect_s: float | None
     """Seconds from the first canary traffic to weight 0 (rolled-back releases)."""
+    release_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,10 +62,14 @@ class DrillResult:
     releases: list[DrillRelease] = field(default_factory=list)
     requests: int = 0
     failed_requests: int = 0
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    """Every alert the local receiver got during the drill (``webhook.alerts``)."""
+    notified: bool = False
+    """Every rollback's notification arrived, with its runbook link."""
 
     @property
     def ok(self) -> bool:
-        return bool(self.releases) and all(r.ok for r in self.releases)
+        return bool(self.releases) and all(r.ok for r in self.releases) and self.notified
 
     @property
     def false_rollbacks(self) -> int:
@@ -98,7 +108,10 @@ def run_drill(
     state = stack.up(lambda m: console.print(f"• {m}"))
     target = local_target(stack)
     cfg = stack.config()
-    engine = ReleaseEngine(cfg, target, events=Progress(console, quiet_passes=True))
+    reports = root / "reports"
+    engine = ReleaseEngine(
+        cfg, target, events=Progress(console, quiet_passes=True), reporter=file_reporter(reports)
+    )
     if engine.ledger.read().active() is not None:
         console.print("• aborting a release left in flight by an earlier run")
         engine.request("abort", "drill")
@@ -113,7 +126,7 @@ def run_drill(
         engine.ledger.update(fresh)
 
     result = DrillResult()
-    reports = root / "reports"
+    since = time.time()
     load = LoadGenerator(state["nginx_url"], stack.credentials(), rate_per_s=rate_per_s).start()
     try:
         for version, env, expected, fault in releases:
@@ -121,14 +134,14 @@ def run_drill(
             stack.set_version_env(version, env)
             outcome = engine.start(ReleaseSpec("", version))
             record = engine.ledger.find(outcome.release_id)
-            assert record is not None
-            report = write_report(
-                record.model_dump(mode="json"), reports / f"{outcome.release_id}.html"
-            )
+            assert record is not None and record.report is not None
+            report = Path(record.report)
             detect = (
                 time_to_weight_zero(record) if outcome.status is OutcomeStatus.ABORTED else None
             )
-            result.releases.append(DrillRelease(version, fault, expected, outcome, report, detect))
+            result.releases.append(
+                DrillRelease(version, fault, expected, outcome, report, detect, outcome.release_id)
+            )
             console.print(f"report: {report}")
     finally:
         counts = load.stop()
@@ -144,4 +157,51 @@ def run_drill(
         f"load: {result.requests} requests ({statuses}), {result.failed_requests} failed; "
         f"false rollbacks: {result.false_rollbacks}; reports in {reports}"
     )
+    aborted = [r.release_id for r in result.releases if r.outcome.status is OutcomeStatus.ABORTED]
+    result.notifications = notifications(stack, since, aborted)
+    result.notified = _arrived(result.notifications, aborted)
+    show_notifications(console, stack, result.notifications, aborted)
     return result
+
+
+def _arrived(alerts: list[dict[str, Any]], release_ids: list[str]) -> bool:
+    got = {
+        a["labels"].get("release")
+        for a in alerts
+        if a["labels"].get("event") == "aborted" and a["annotations"].get("runbook_url")
+    }
+    return all(r in got for r in release_ids)
+
+
+def notifications(
+    stack: LocalStack, since: float, aborted: list[str], timeout_s: float = 60.0
+) -> list[dict[str, Any]]:
+    """What the receiver got since ``since``, once the rollbacks' notifications are in (or the
+    timeout passed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alerts = [a for a in webhook.alerts(stack.notifications) if a["received_at"] >= since]
+        if _arrived(alerts, aborted) or time.monotonic() > deadline:
+            return alerts
+        time.sleep(0.5)
+
+
+def show_notifications(
+    console: Console, stack: LocalStack, alerts: list[dict[str, Any]], aborted: list[str]
+) -> None:
+    console.rule("[bold]notifications (Alertmanager -> the local receiver)")
+    for a in alerts:
+        labels, notes = a["labels"], a["annotations"]
+        name = labels.get("alertname", "?")
+        what = f"{name} {labels['event']}" if "event" in labels else name
+        when = time.strftime("%H:%M:%S", time.localtime(a["received_at"]))
+        status = "resolved" if a.get("status") == "resolved" else a.get("receiver", "")
+        console.print(f"{when} {status:9} {what}: {notes.get('summary', '')}", markup=False)
+        for key in ("value", "gate", "runbook_url", "report"):
+            if notes.get(key):
+                console.print(f"{'':19}{key}: {notes[key]}", markup=False)
+    arrived = "arrived" if _arrived(alerts, aborted) else "[red]did NOT arrive[/red]"
+    console.print(
+        f"{len(alerts)} notification(s) in {stack.notifications}; the rollbacks "
+        f"({', '.join(aborted) or 'none'}) {arrived} with their runbook links"
+    )

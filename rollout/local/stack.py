@@ -2,9 +2,11 @@
 
 Postgres, Redis, two stable app instances behind nginx (weighted upstreams for the canary),
 Prometheus scraping every instance each second (instances found through a file, so they come
-and go without a restart) with the same alert rules as a cluster, the two exporters and a
-Pushgateway. Everything lives under one directory (``.portal/local``) with a ``state.json``
-that says what runs where, so any later ``portalctl`` (or a crashed one's successor) can find it.
+and go without a restart) with the same alert rules as a cluster, Alertmanager with the same
+routing (and a receiver writing what it gets to ``alerts/notifications.jsonl``), the two
+exporters and a Pushgateway. Everything lives under one directory (``.portal/local``) with a
+``state.json`` that says what runs where, so any later ``portalctl`` (or a crashed one's
+successor) can find it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from contract.names import (
     REDIS_EXPORTER_USER,
 )
 from rollout.durable import replace_file
+from rollout.local import alerting
 from rollout.local.credentials import Credentials, StackAuth
 from rollout.local.processes import (
     Process,
@@ -72,9 +75,10 @@ directory, where operators, drills and tests edit it."""
 def local_config(root: Path | None = None) -> StackConfig:
     """The local stack's config: ``<root>/Pulumi.local.yaml`` when there is one, else the shipped
     default."""
+    # not a Pulumi stack: credentials (a Slack URL to try the receivers) are plain text here
     if root is not None and stack_file(STACK, root).exists():
-        return load_stack(STACK, root)
-    return load_stack(STACK, DEFAULT_STACK_FILE.parent)
+        return load_stack(STACK, root, plain_text_secrets=True)
+    return load_stack(STACK, DEFAULT_STACK_FILE.parent, plain_text_secrets=True)
 
 
 def python() -> str:
@@ -192,6 +196,7 @@ class LocalStack:
             kube_state_metrics=None,
             app=(),
             app_credentials_file=str(self.auth.scrape_token_file),
+            alertmanager=f"127.0.0.1:{ports['alertmanager']}",
         )
         conf = prometheus_config.build(cfg, targets, scrape_interval_s=1.0)
         for job in conf["scrape_configs"]:
@@ -210,6 +215,16 @@ class LocalStack:
     def credentials(self, users: int = SEED_USERS) -> Credentials:
         """Tokens of the stack's clients (an operator with the admin scope, users 1..``users``)."""
         return self.auth.credentials(users)
+
+    # ------------------------------------------------------------------ alerting
+
+    def alertmanager(self, state: dict[str, Any]) -> alerting.AlertmanagerServer:
+        return alerting.alertmanager_server(self.root, self.config(), state)
+
+    @property
+    def notifications(self) -> Path:
+        """What the local alert receiver got: one JSON line per notification."""
+        return self.root / alerting.WEBHOOK_DIR / "notifications.jsonl"
 
     def nginx(self, state: dict[str, Any]) -> NginxServer:
         return NginxServer(self.root / "nginx", int(state["ports"]["nginx"]), nginx_config(state))
@@ -308,10 +323,10 @@ class LocalStack:
 
     def _state(self) -> dict[str, Any]:
         """The saved state, or a new one with free ports; with the servers' URLs."""
+        names = ("postgres", "redis", "prometheus", "nginx", "pushgateway", "alertmanager")
         if self.state_path.exists():
             state = self.load()  # a malformed one is refused, not replaced
         else:
-            names = ("postgres", "redis", "prometheus", "nginx", "pushgateway")
             state = {
                 "ports": {k: free_port() for k in (*names, "postgres_exporter", "redis_exporter")},
                 "weight": 0,
@@ -320,6 +335,8 @@ class LocalStack:
                 "instances": [],
             }
         ports = state["ports"]
+        for name in (*names, "webhook"):  # a stack from before a server was added gets its port
+            ports.setdefault(name, free_port())
         # The database's roles, as on a cluster: the instances run as portal_app, migrations and
         # seeding as portal_migrator, the analysis and the exporter as portal_readonly.
         passwords = state.setdefault("pg_passwords", {})
@@ -342,6 +359,7 @@ class LocalStack:
         state["prometheus_url"] = f"http://127.0.0.1:{ports['prometheus']}"
         state["nginx_url"] = f"http://127.0.0.1:{ports['nginx']}"
         state["pushgateway_url"] = f"http://127.0.0.1:{ports['pushgateway']}"
+        state["alertmanager_url"] = f"http://127.0.0.1:{ports['alertmanager']}"
         self.save(state)
         return state
 
@@ -412,10 +430,14 @@ class LocalStack:
         if not port_open(push.port):
             progress(f"starting the Pushgateway on port {push.port}")
             push.start()
+        alerting.start(self.root, self.config(), state, progress)
         prom = self.prometheus(state)
         if not prom.running():
             progress(f"starting Prometheus on port {prom.port} (1 s scrapes)")
             prom.start()
+        else:  # the rules and the alerting target follow the stack file
+            prom.write_config()
+            prom.reload()
 
     def wait_for_scrapes(
         self, state: dict[str, Any], progress: Progress, timeout: float = 60.0
@@ -425,9 +447,8 @@ class LocalStack:
         from rollout.prometheus import Prometheus, PrometheusError
 
         prom = Prometheus(state["prometheus_url"])
-        expected = 4 + len(
-            [d for d in state["instances"] if d.get("pid")]
-        )  # + itself, exporters, pushgateway
+        # itself, the exporters, the Pushgateway, Alertmanager and the app instances
+        expected = 5 + len([d for d in state["instances"] if d.get("pid")])
 
         def all_up() -> bool:
             try:
@@ -471,6 +492,7 @@ class LocalStack:
             self.stop_instance(inst)
         for name in ("prometheus", "nginx", "pushgateway"):
             Process(name, self.root / name, []).stop()
+        alerting.stop(self.root)
         for kind in ("postgres", "redis"):
             Process(f"{kind}-exporter", self.root / "exporters", []).stop()
         self.redis(state).stop()

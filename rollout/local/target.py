@@ -16,6 +16,7 @@ from typing import Any
 from contract.labels import Track
 from contract.migration import AWS_KEYS, DUMP_SCRIPT, UPLOAD_SCRIPT, upload_env
 from rollout import health
+from rollout.alerting import AlertmanagerClient
 from rollout.ledger import FileLedgerStore
 from rollout.local.processes import pid_alive
 from rollout.local.stack import LocalStack, python
@@ -198,4 +199,5 @@ def local_target(stack: LocalStack) -> Target:
         ),
         diagnostics=LocalDiagnostics(stack),
         admin=LocalAdmin(stack),
+        alerting=AlertmanagerClient(state["alertmanager_url"]),
     )

@@ -90,12 +90,21 @@ def test_an_unknown_stack_is_refused(project):
             ["--stack", "staging", "--image", "r/p:2", "--env", "PORTAL_FAULT_ERROR_RATE=1"],
             "local drills",
         ),
+        (
+            ["--stack", "staging", "--image", "r/p:2", "--silence", "RedisDwn"],
+            "--silence 'RedisDwn': not an alert of the stack (known: PortalHighErrorRate,",
+        ),
+        (
+            ["--stack", "staging", "--image", "r/p:2", "--silence", "RedisDown", "--no-silence"],
+            "exclusive",
+        ),
     ],
 )
 def test_bad_release_arguments_are_refused(project, args, message):
     code, out = run("release", "start", "--project-dir", str(project), *args)
     assert code == 2, out
     assert message in out
+    assert len(out.strip().splitlines()) == 1
 
 
 def test_local_commands_without_a_local_stack_say_how_to_start_one(tmp_path):
