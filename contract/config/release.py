@@ -177,7 +177,7 @@ class AlertsConfig(Section):
         "<grafanaUrl>/d/<dashboard>?viewPanel=<panel>",
     )
     receivers: Receivers = Field(
-        default=Receivers(),
+        default_factory=Receivers,
         description="critical alerts go to pagerduty and email (slack without either), warnings "
         "and release events to slack (email without it), all to the webhook",
     )
@@ -197,6 +197,7 @@ class AlertsConfig(Section):
     )
     silence: tuple[AlertName, ...] = Field(
         default=(),
+        json_schema_extra={"default_text": "none"},
         description="alerts silenced for the stack while a release runs (`portalctl release "
         "start --silence` replaces the list)",
     )
