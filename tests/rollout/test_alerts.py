@@ -19,19 +19,20 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import parse_config, read_stack_values
 from rollout.alerting import AlertmanagerClient
 from rollout.engine import ReleaseEngine
 from rollout.events import Event
 from rollout.ledger import Ledger
 from rollout.local import webhook
-from rollout.local.stack import LocalStack
+from rollout.local.stack import DEFAULT_STACK_FILE, STACK, LocalStack
 from rollout.ports import ReleaseSpec
 from rollout.prometheus import Prometheus
 from rollout.report import file_reporter
 from tests.local_controls import start_redis, stop_redis
 from tests.receivers import ScriptedReceiver, alerts_of, poll
 
-from .conftest import fast_config, fast_stack_file
+from .conftest import FAST, fast_config, fast_stack_file
 
 pytestmark = pytest.mark.slow
 PORTALCTL = [sys.executable, "-c", "from rollout.cli import main; main()"]
@@ -298,6 +299,22 @@ def test_release_events_arrive_in_order_with_their_report(stack, target, load):
     assert events() == ["started", "step_passed", "step_passed", "promoted"]
     promoted = delivered(stack, "PortalReleaseEvent", since, release=rid, event="promoted")[0]
     assert promoted["labels"]["version"] == "24.0.0" and promoted["receiver"] == "releases"
+
+
+def test_a_stack_with_release_events_off_posts_none_and_still_silences(stack, target, load):
+    values = read_stack_values(DEFAULT_STACK_FILE)
+    values["canary"] = {**values["canary"], **FAST}
+    values["alerts"] = {**values["alerts"], "releaseEvents": False}
+    engine = ReleaseEngine(parse_config(values, STACK), target)
+    outcome = engine.start(ReleaseSpec("", "27.0.0"), silence=["PortalHighLatency"])
+    assert outcome.status == "PROMOTED", outcome.reason
+    rid = outcome.release_id
+    # events are posted before a run returns (it waits for them): none was
+    assert not held(stack, "PortalReleaseEvent", release=rid)
+    assert not delivered(stack, "PortalReleaseEvent", release=rid)
+    silence = engine.ledger.find(rid).silence
+    assert silence.id and silence.ended_at is not None  # planned-work silences are not events
+    assert manager(stack).silence_state(silence.id) == "expired"
 
 
 def test_a_paused_release_says_it_waits_for_a_human_and_lifts_its_silence(stack, target, load):
