@@ -113,10 +113,11 @@ def portal_image(source: Path, env: Mapping[str, str]) -> Image:
 
 def default_images(app_repository: str, prometheus: Path) -> Images:
     """Every image the staging and prod stacks use that has a program on this machine: the app,
-    Postgres and Redis with their exporters (Debian's), the Pushgateway (Debian's), and
-    Prometheus: ``prometheus`` is the binary of the pinned release built from Go modules
-    (``scripts/cluster.py build``), since Debian's has no Kubernetes service discovery. Grafana,
-    Jaeger and kube-state-metrics have none; their pods stay kwok's (ready, nothing behind)."""
+    Postgres and Redis with their exporters (Debian's), the Pushgateway and Alertmanager
+    (Debian's), and Prometheus: ``prometheus`` is the binary of the pinned release built from Go
+    modules (``scripts/cluster.py build``), since Debian's has no Kubernetes service discovery.
+    Grafana, Jaeger and kube-state-metrics have none; their pods stay kwok's (ready, nothing
+    behind)."""
     images = Images()
     images.add(app_repository, portal_image(REPO / "app", {}))
     images.add(
@@ -147,4 +148,8 @@ def default_images(app_repository: str, prometheus: Path) -> Images:
         ),
     )
     images.add("prom/pushgateway", Image(entrypoint=("/usr/bin/prometheus-pushgateway",)))
+    images.add(
+        "prom/alertmanager",
+        Image(entrypoint=("/usr/bin/prometheus-alertmanager",), workdir="/alertmanager"),
+    )
     return images

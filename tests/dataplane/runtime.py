@@ -276,7 +276,21 @@ def _mount_script(
         "ln -s ../run var/run",
         "for l in bin lib lib64 sbin; do [ -e /usr/$l ] && ln -s usr/$l $l; done",
     ]
+    overlays: list[str] = []
+    targets = [*files, *(t for t, _, _ in mounts)]
     for host in HOST_DIRS:
+        if any(t.startswith(host + "/") and not Path(t).exists() for t in targets):
+            # a volume mounted where the host has nothing (``/etc/alertmanager``): the host's
+            # directory seen through an overlay whose writes stay in the container's root, so
+            # the mount point can be made; read-only once the volumes are mounted
+            layer = f"run/.layers{host}"
+            lines += [
+                f"mkdir -p .{host} {layer}/upper {layer}/work",
+                f"mount -t overlay portal-layer -o lowerdir={host},upperdir={layer}/upper,"
+                f"workdir={layer}/work .{host}",
+            ]
+            overlays.append(host)
+            continue
         lines += [
             f"mkdir -p .{host}",
             f"mount --rbind {host} .{host}",
@@ -301,6 +315,7 @@ def _mount_script(
         lines += [_mount_point(t, source.is_dir()), f"mount --bind {q(str(source))} {t}"]
         if read_only:
             lines.append(f"mount -o remount,bind,ro {t}")
+    lines += [f"mount -o remount,ro .{host}" for host in overlays]
     lines.append('exec chroot "$@"')
     return "\n".join(lines)
 
