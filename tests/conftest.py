@@ -119,8 +119,8 @@ def kube(control_plane: Any) -> Iterator[Any]:
 def data_plane(control_plane: Any, kube: Any) -> Iterator[Any]:
     """Real processes behind the pods of the namespaces a test enables (``tests/dataplane``):
     ``data_plane.enable(namespace)`` before the pods are created (an apply, ``pulumi up``),
-    then the app, Postgres, Redis, the exporters, Prometheus and the Pushgateway of that
-    namespace run at their pod IPs. Stopped (processes, network namespaces, the admission
+    then the app, Postgres, Redis, the exporters, Prometheus, the Pushgateway and Alertmanager
+    of that namespace run at their pod IPs. Stopped (processes, network namespaces, the admission
     policy) at the end of the session."""
     from contract.config import load_stack
     from tests.dataplane import DataPlane, default_images

@@ -20,7 +20,9 @@ import pytest
 from kubernetes import client, config
 
 from contract.config import load_stack
+from rollout.alerting import AlertmanagerClient
 from rollout.k8s import kubernetes_target
+from rollout.k8s.api import http_auth, service_proxy
 from rollout.k8s.ledger_store import ConfigMapLedgerStore
 from rollout.ledger import Incident, Lease, Ledger, LedgerDoc
 from rollout.ports import ConflictError
@@ -87,6 +89,39 @@ def test_a_healthy_release_is_promoted_and_stable_runs_it(release_stack):
     assert condition(job, "Complete") == "True"
     # the next `pulumi up` agrees with what runs
     assert load_stack(STACK, stack.project).app.version == "2.0.0"
+
+
+def alertmanager(stack) -> AlertmanagerClient:
+    """The stack's Alertmanager through the API server's service proxy (the admin's token)."""
+    names = stack.config().names
+    url = service_proxy(stack.kube, stack.namespace, names.alertmanager, names.alertmanager_port)
+    return AlertmanagerClient(url, auth=http_auth(stack.kube))
+
+
+def test_a_release_posts_its_events_and_silences_its_noise_through_the_proxy(release_stack):
+    """``portalctl`` holding only the README's Role reaches the stack's Alertmanager (Debian's,
+    running the pod the program renders) through the API server's service proxy: the release's
+    events arrive, and the silence it set is expired once the release is promoted."""
+    stack = release_stack
+    stack.set_canary()
+    done = stack.portalctl(
+        "release", "start", "--image", image("2.1.0"), "--silence", "PortalHighLatency"
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "not sent" not in done.stdout and "not set" not in done.stdout, done.stdout
+    release = release_of(stack, "2.1.0")
+    silence = release.silence
+    assert silence is not None and silence.id and silence.ended_at is not None, silence
+    assert f"silence {silence.id}" in done.stdout
+    am = alertmanager(stack)
+    assert am.silence_state(silence.id) == "expired"
+    events = {
+        (a["labels"]["event"], a["labels"].get("step"))
+        for a in am.alerts()
+        if a["labels"].get("release") == release.id
+    }
+    assert events == {("started", None), ("step_passed", "1"), ("step_passed", "2"),
+                      ("promoted", None)}  # fmt: skip
 
 
 def test_an_erroring_canary_is_rolled_back_with_an_incident_and_a_push(release_stack, data_plane):
