@@ -143,12 +143,6 @@ def config_map_volume(name: str, config_map: pulumi.Input[str]) -> k8s.core.v1.V
     )
 
 
-def secret_volume(name: str, secret: pulumi.Input[str]) -> k8s.core.v1.VolumeArgs:
-    return k8s.core.v1.VolumeArgs(
-        name=name, secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret)
-    )
-
-
 def mount(name: str, path: str, read_only: bool = False) -> k8s.core.v1.VolumeMountArgs:
     return k8s.core.v1.VolumeMountArgs(name=name, mount_path=path, read_only=read_only or None)
 

@@ -330,6 +330,7 @@ class Observability(pulumi.ComponentResource):
             match,
             pod,
             annotations={"checksum/config": digest},
+            skips=security.skips(security.unpinned(image)),
         )
         return self._service(
             "alertmanager",

@@ -88,6 +88,7 @@ def alertmanager(cfg: StackConfig) -> k8s.core.v1.ContainerArgs:
     return k8s.core.v1.ContainerArgs(
         name="alertmanager",
         image=cfg.observability.alertmanager_image,
+        image_pull_policy=kube.pull_policy(cfg.observability.alertmanager_image),
         args=[
             f"--config.file={ALERTMANAGER_CONFIG_DIR}/{am.CONFIG_FILE}",
             "--storage.path=/alertmanager",

@@ -9,8 +9,8 @@ sides. Adding a flow is one line in ``flows`` (and one row in the README's table
 compares with what the rendered policies allow).
 
 Peers outside the namespace come from ``portal:network``: the ingress controller and the cluster
-DNS by namespace and pod labels, the API server, the S3 endpoint and Sentry by address ranges
-(with the pod networks excepted, so no pod passes for them).
+DNS by namespace and pod labels, the API server, the S3 endpoint, Sentry and Alertmanager's
+receivers by address ranges (with the pod networks excepted, so no pod passes for them).
 
 ``python -m contract.network [--stack STACK]`` prints the table in the README's format.
 """
@@ -97,8 +97,10 @@ API_SERVER = External("api-server")
 KUBE_DNS = External("kube-dns")
 S3 = External("s3")
 SENTRY = External("sentry")
+RECEIVERS = External("receivers")
+"""The integrations of ``portal:alerts.receivers`` (webhook, Slack, PagerDuty, the SMTP relay)."""
 
-CONDITIONS = ("always", "backup on", "sentry on")
+CONDITIONS = ("always", "backup on", "sentry on", "receivers set")
 """When a flow exists: always, or with a feature of the stack on."""
 
 
@@ -108,6 +110,7 @@ def condition_holds(cfg: StackConfig, when: str) -> bool:
         "always": True,
         "backup on": cfg.migrations.backup.enabled,
         "sentry on": cfg.sentry_enabled,
+        "receivers set": bool(receiver_ports(cfg)),
     }[when]
 
 
@@ -125,6 +128,7 @@ class Workloads:
     kube_state_metrics: Workload
     grafana: Workload
     jaeger: Workload
+    alertmanager: Workload
 
     def all(self) -> tuple[Workload, ...]:
         return tuple(getattr(self, name) for name in self.__dataclass_fields__)
@@ -145,6 +149,7 @@ def workloads(cfg: StackConfig) -> Workloads:
         ),
         grafana=Workload(n.grafana, labels.DASHBOARDS, n.grafana),
         jaeger=Workload(n.jaeger, labels.TRACING, n.jaeger),
+        alertmanager=Workload(n.alertmanager, labels.ALERTING, n.alertmanager),
     )
 
 
@@ -162,6 +167,26 @@ def s3_port(cfg: StackConfig) -> int:
         return 443
     parts = urlsplit(endpoint)
     return parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def _url_port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def receiver_ports(cfg: StackConfig) -> tuple[int, ...]:
+    """The ports Alertmanager's receivers listen on (none configured: none)."""
+    r = cfg.alerts.receivers
+    found = set()
+    if r.webhook is not None:
+        found.add(_url_port(str(r.webhook.url)))
+    if r.slack is not None:
+        found.add(443)  # the incoming webhook URL is a secret: Slack's own HTTPS
+    if r.pagerduty is not None:
+        found.add(_url_port(str(r.pagerduty.url)) if r.pagerduty.url else 443)
+    if r.email is not None:
+        found.add(int(str(r.email.smarthost).rsplit(":", 1)[1]))
+    return tuple(sorted(found))
 
 
 def flows(cfg: StackConfig) -> list[Flow]:
@@ -201,6 +226,21 @@ def all_flows(cfg: StackConfig) -> list[Flow]:
         Flow(w.grafana, w.prometheus, tcp(n.prometheus_port), "dashboards' queries"),
         Flow(w.grafana, w.jaeger, tcp(JAEGER_UI_PORT), "the traces datasource"),
         Flow(w.grafana, KUBE_DNS, DNS_PORTS, "name lookups"),
+        Flow(w.prometheus, w.alertmanager, tcp(n.alertmanager_port), "sends firing alerts"),
+        Flow(
+            API_SERVER,
+            w.alertmanager,
+            tcp(n.alertmanager_port),
+            "portalctl's release events and silences (proxy)",
+        ),
+        Flow(w.alertmanager, KUBE_DNS, DNS_PORTS, "name lookups"),
+        Flow(
+            w.alertmanager,
+            RECEIVERS,
+            tcp(*receiver_ports(cfg)),
+            "notifications",
+            "receivers set",
+        ),
     ]
     return table
 
@@ -248,6 +288,8 @@ def peers(cfg: StackConfig, peer: Peer) -> list[dict[str, Any]]:
         return _ip_blocks(net.s3_cidrs, [*net.pod_cidrs, *net.api_server_cidrs])
     if peer == SENTRY:
         return _ip_blocks(net.sentry_cidrs, [*net.pod_cidrs, *net.api_server_cidrs])
+    if peer == RECEIVERS:
+        return _ip_blocks(net.receiver_cidrs, [*net.pod_cidrs, *net.api_server_cidrs])
     raise ValueError(f"no NetworkPolicy peer for {peer.key}")
 
 
@@ -302,12 +344,16 @@ def _name(peer: Peer) -> str:
     return peer.key
 
 
+RECEIVER_PORTS_CELL = "the receivers' ports"
+"""The ports column of the receivers' row: those of the URLs and relay of ``portal:alerts``."""
+
+
 def table_rows(cfg: StackConfig) -> list[tuple[str, str, str, str, str]]:
     return [
         (
             _name(f.source),
             _name(f.target),
-            " ".join(str(p) for p in f.ports),
+            RECEIVER_PORTS_CELL if f.target == RECEIVERS else " ".join(str(p) for p in f.ports),
             f.when,
             f.why,
         )
@@ -321,7 +367,10 @@ def markdown(rows: Sequence[Sequence[str]]) -> str:
         "|" + "---|" * len(TABLE_HEADER),
     ]
     lines += [
-        "| " + " | ".join(f"`{c}`" if i < 3 else c for i, c in enumerate(r)) + " |" for r in rows
+        "| "
+        + " | ".join(f"`{c}`" if i < 3 and c != RECEIVER_PORTS_CELL else c for i, c in enumerate(r))
+        + " |"
+        for r in rows
     ]
     return "\n".join(lines) + "\n"
 

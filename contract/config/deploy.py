@@ -371,6 +371,12 @@ class NetworkConfig(Section):
         description="where the service may send its errors when sentryDsn is set (the Sentry "
         "host's addresses); podCidrs are excepted",
     )
+    receiver_cidrs: tuple[Cidr, ...] = Field(
+        default=("0.0.0.0/0",),
+        min_length=1,
+        description="where Alertmanager may reach the receivers of portal:alerts (webhook, Slack, "
+        "PagerDuty, the SMTP relay); podCidrs are excepted",
+    )
     sentry_port: Whole = Field(
         default=443, ge=1, le=65535, description="the port of the Sentry DSN's host"
     )
@@ -382,6 +388,7 @@ class NetworkConfig(Section):
             ("apiServerCidrs", self.api_server_cidrs),
             ("s3Cidrs", self.s3_cidrs),
             ("sentryCidrs", self.sentry_cidrs),
+            ("receiverCidrs", self.receiver_cidrs),
         ):
             for i, cidr in enumerate(cidrs):
                 net = ipaddress.ip_network(cidr)

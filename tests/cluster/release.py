@@ -4,8 +4,8 @@ RBAC.
 ``deploy_release_stack`` renders staging with a namespace of its own, 1 s scrapes and short
 canary windows into a project directory, enables the data plane there, applies the objects,
 waits until every workload is available (the app, Postgres, Redis, Prometheus, the Pushgateway
-and Alertmanager as real processes), then ``serve_release_stack`` seeds the database and starts steady
-load through the ingress controller (``tests/pulumi/test_release_after_up.py`` calls it on a
+and Alertmanager as real processes), then ``serve_release_stack`` seeds the database and starts
+steady load through the ingress controller (``tests/pulumi/test_release_after_up.py`` calls it on a
 stack ``pulumi up`` deployed, with ``fast_values`` in its stack file). ``ReleaseStack.portalctl``
 runs the CLI as a user would, with a kubeconfig whose token belongs to a ServiceAccount bound to
 the Role the README documents.

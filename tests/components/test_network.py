@@ -13,7 +13,13 @@ import pytest
 from components.mockrun import run_program
 from components.render import manifests
 from contract.config import parse_config, read_stack_values
-from contract.network import condition_holds, markdown, table_rows
+from contract.network import (
+    RECEIVER_PORTS_CELL,
+    condition_holds,
+    markdown,
+    receiver_ports,
+    table_rows,
+)
 from tests.components.netpol import ContainerPort, Endpoint, Policies, pods_of
 from tests.conftest import REPO
 
@@ -24,6 +30,8 @@ PUBLIC = ipaddress.ip_network("52.95.110.1/32")
 """An address on the internet (where S3 answers)."""
 SENTRY_HOST = ipaddress.ip_network("34.120.195.249/32")
 """Where the Sentry of the stack with Sentry on answers (its sentryCidrs)."""
+RECEIVER_HOST = ipaddress.ip_network("44.210.10.7/32")
+"""Where Alertmanager's receivers answer (inside the stacks' receiverCidrs)."""
 
 
 def readme_flows() -> list[tuple[str, str, str, str]]:
@@ -36,13 +44,22 @@ def readme_flows() -> list[tuple[str, str, str, str]]:
             break
         cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
         source, target, ports, when = cells[:4]
+        if ports == RECEIVER_PORTS_CELL:  # those of the stack's receivers: see expected()
+            rows.append((source, target, ports, when))
+            continue
         rows += [(source, target, port, when) for port in ports.split()]
     assert rows
     return rows
 
 
 def expected(cfg) -> set[tuple[str, str, str]]:
-    return {(s, t, p) for s, t, p, when in readme_flows() if condition_holds(cfg, when)}
+    out = set()
+    for s, t, p, when in readme_flows():
+        if not condition_holds(cfg, when):
+            continue
+        ports = [f"{n}/TCP" for n in receiver_ports(cfg)] if p == RECEIVER_PORTS_CELL else [p]
+        out |= {(s, t, port) for port in ports}
+    return out
 
 
 def endpoints(cfg, objects):
@@ -84,6 +101,15 @@ def endpoints(cfg, objects):
             [ContainerPort(80), ContainerPort(5432), ContainerPort(8080)],
         ),
     ]
+    if receiver_ports(cfg):  # where the receivers answer, and a port none of them uses
+        outside.append(
+            Endpoint(
+                "receivers",
+                None,
+                networks=[RECEIVER_HOST],
+                ports=[ContainerPort(p) for p in (*receiver_ports(cfg), 9999)],
+            )
+        )
     if cfg.sentry_enabled:  # the Sentry host of a stack that reports to one
         outside.append(
             Endpoint(
@@ -186,7 +212,7 @@ def test_the_readme_table_is_the_one_the_policies_are_generated_from(stack):
     assert markdown(table_rows(cfg)) in text, "python -m contract.network prints the table"
 
 
-@pytest.mark.parametrize("key", ["apiServerCidrs", "s3Cidrs", "sentryCidrs"])
+@pytest.mark.parametrize("key", ["apiServerCidrs", "s3Cidrs", "sentryCidrs", "receiverCidrs"])
 def test_the_pod_ranges_a_stack_names_are_checked(key):
     values = copy.deepcopy(read_stack_values(REPO / "Pulumi.staging.yaml"))
     values["network"] = {key: ["10.244.1.0/24"], "podCidrs": ["10.244.0.0/16"]}
