@@ -102,7 +102,12 @@ def test_up_creates_every_resource_and_waits_for_each_workload(stacks, kube, nam
     for sts in apps.list_namespaced_stateful_set(ns).items:
         assert (sts.status.ready_replicas or 0) == sts.spec.replicas, sts.metadata.name
     jobs = batch.list_namespaced_job(ns).items
-    assert [j.status.succeeded for j in jobs] == [1], [j.metadata.name for j in jobs]
+    # the database's roles, then the migration
+    job_names = sorted(str(j.metadata.name) for j in jobs)
+    cfg = stack.cfg
+    wanted = [cfg.names.postgres_roles, cfg.names.migration_job(cfg.app.version)]
+    assert job_names == sorted(wanted), job_names
+    assert [j.status.succeeded for j in jobs] == [1, 1], job_names
     for ing in net.list_namespaced_ingress(ns).items:
         assert ing.status.load_balancer.ingress, ing.metadata.name
 
@@ -179,8 +184,9 @@ def test_generated_passwords_reach_their_secrets_and_stay_encrypted_in_the_state
         for r in stack.resources()
         if r["type"] == RANDOM_PASSWORD
     }
-    # postgres, redis, grafana, the API's token key (one id by default), the scrape token
-    assert len(passwords) == 5, passwords.keys()
+    # the Postgres superuser and its three roles, the two Redis users, Grafana, the API's token
+    # key (one id by default), the scrape token
+    assert len(passwords) == 9, passwords.keys()
     ns = stack.cfg.namespace
     core = client.CoreV1Api(kube)
     in_cluster = "\n".join(
