@@ -185,6 +185,10 @@ def _track(track: str) -> Track | None:
     return "stable" if track == "stable" else "canary" if track == "canary" else None
 
 
+DISCARD_PORT = 9
+"""Where nothing listens (the discard service's port)."""
+
+
 def local_target(stack: LocalStack) -> Target:
     """The local stack under ``stack.root`` (it must be up: a clear error otherwise)."""
     state = stack.load()
@@ -199,5 +203,10 @@ def local_target(stack: LocalStack) -> Target:
         ),
         diagnostics=LocalDiagnostics(stack),
         admin=LocalAdmin(stack),
-        alerting=AlertmanagerClient(state["alertmanager_url"]),
+        # a stack started before it ran Alertmanager has no URL for it until `portalctl local up`:
+        # its notices go nowhere meanwhile (a failing Alertmanager never fails a release)
+        alerting=AlertmanagerClient(
+            state.get("alertmanager_url")
+            or f"http://127.0.0.1:{state['ports'].get('alertmanager', DISCARD_PORT)}"
+        ),
     )
