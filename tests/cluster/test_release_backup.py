@@ -31,7 +31,7 @@ from tests.dataplane.images import SYSTEM_PATH, VENV_BIN, Image, repository
 
 pytestmark = pytest.mark.slow
 REPOSITORY = "ghcr.io/acme/portal"
-BUCKET = "acme-portal-backups"
+BUCKET = "acme-portal-cluster-backups"  # moto keeps buckets per process: one of its own
 REGION = "eu-west-1"
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 SECRET = "portal-backup"

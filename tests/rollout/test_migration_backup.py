@@ -30,7 +30,7 @@ from tests.conftest import REPO
 from .conftest import FAST
 
 pytestmark = pytest.mark.slow
-BUCKET = "acme-portal-backups"
+BUCKET = "acme-portal-local-backups"  # moto keeps buckets per process: one of its own
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 REGION = "eu-west-1"
 
