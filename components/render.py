@@ -22,7 +22,7 @@ import pulumi
 import yaml
 
 from components.mockrun import PROJECT_DIR, ProgramRun, run_program
-from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate
+from components.schemas import KUBERNETES_VERSION, InvalidManifest, invalid, validate
 from contract.config import SECRET_KEYS, ConfigError, read_stack_values, stack_file
 
 __all__ = ["KUBERNETES_VERSION", "InvalidManifest", "main", "manifests", "run_stack", "validate"]
@@ -111,12 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"render: {exc}", file=sys.stderr)
         return 2
     objects = manifests(run)
-    errors = []
-    for obj in objects:
-        try:
-            validate(obj, args.kubernetes_version)
-        except InvalidManifest as exc:
-            errors.append(str(exc))
+    errors = invalid(objects, args.kubernetes_version)
     if errors:
         for error in errors:
             print(f"render: invalid: {error}", file=sys.stderr)

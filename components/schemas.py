@@ -29,3 +29,14 @@ def validate(manifest: dict[str, Any], version: str = KUBERNETES_VERSION) -> Non
         raise InvalidManifest(f"{where}: {path}: {exc.message}") from None
     except kubernetes_validate.SchemaNotFoundError as exc:
         raise InvalidManifest(f"{where}: {exc.message}") from None
+
+
+def invalid(manifests: list[dict[str, Any]], version: str = KUBERNETES_VERSION) -> list[str]:
+    """Why each of ``manifests`` that ``validate`` refuses is invalid (empty: all valid)."""
+    errors = []
+    for manifest in manifests:
+        try:
+            validate(manifest, version)
+        except InvalidManifest as exc:
+            errors.append(str(exc))
+    return errors

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from components.mockrun import KIND_ORDER  # noqa: E402
 from components.render import write  # noqa: E402
-from components.schemas import KUBERNETES_VERSION, InvalidManifest, validate  # noqa: E402
+from components.schemas import KUBERNETES_VERSION, invalid  # noqa: E402
 from contract import access  # noqa: E402
 from contract.config import SECRET_KEYS, ConfigError, read_stack_values  # noqa: E402
 
@@ -203,12 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as exc:
         message = str(exc)
         return fail(message, 2 if message.startswith("invalid stack config:") else 1)
-    errors = []
-    for obj in objects:
-        try:
-            validate(obj, args.kubernetes_version)
-        except InvalidManifest as exc:
-            errors.append(str(exc))
+    errors = invalid(objects, args.kubernetes_version)
     if errors:
         for error in errors:
             print(f"manifests: invalid: {error}", file=sys.stderr)
