@@ -17,6 +17,7 @@ from typing import Any
 
 from kubernetes import client
 
+from tests.cluster.conftest import NotYet, wait_for
 from tests.conftest import REPO, cluster_script
 from tests.conftest import script as load_script
 
@@ -49,6 +50,22 @@ def test_the_node_is_ready_with_allocatable_capacity_and_a_pod_cidr(control_plan
     cidr = ipaddress.ip_network(node.spec.pod_cidr)
     assert node.spec.pod_cidr == control_plane.pod_cidr
     assert cidr.prefixlen == 24 and cidr.subnet_of(ipaddress.ip_network(script.CLUSTER_CIDR))
+
+
+def test_a_node_that_lost_its_addresses_gets_its_address_back(control_plane, kube):
+    """The API server reaches the node at its status addresses for pod logs; a node seen
+    without them (after an API-server outage) gets kwok's address back at once."""
+    core = client.CoreV1Api(kube)
+    name = control_plane.node
+    core.patch_node_status(
+        name, {"status": {"addresses": None}}, _content_type="application/merge-patch+json"
+    )
+
+    def addresses() -> list[str] | NotYet:
+        found = [a.address for a in core.read_node(name).status.addresses or []]
+        return found or NotYet("no addresses")
+
+    assert wait_for("the node's address back", addresses, timeout=60) == ["127.0.0.1"]
 
 
 def test_wrapper_module_replaces_every_staging_module_with_its_release_tag():

@@ -148,6 +148,20 @@ def test_a_pod_is_a_process_at_its_ip_ready_only_while_its_probe_answers(enabled
     wait_for("the process restarted and ready again", back, timeout=60)
 
 
+def test_a_pod_marked_not_ready_by_the_node_controller_is_reported_ready_again(enabled):
+    """The node controller marks every pod of a node it lost touch with not ready (after an API
+    server outage longer than the node's grace period, say). The processes never stopped, so the
+    data plane reports them ready again, as a kubelet's status manager does; a pod left not
+    ready would stall every rollout after it."""
+    core = enabled
+    (pod,) = wait_for("the pushgateway pod ready", lambda: ready_pods(core, NAMESPACE, 1))
+    marked = {"type": "Ready", "status": "False", "reason": "NodeNotReady"}
+    core.patch_namespaced_pod_status(
+        pod.metadata.name, NAMESPACE, {"status": {"conditions": [marked]}}
+    )
+    wait_for("the pod ready again", lambda: ready_pods(core, NAMESPACE, 1), timeout=60)
+
+
 def test_a_job_pod_ends_with_its_exit_code_and_its_output_is_the_pod_log(enabled, kube):
     core, batch = enabled, client.BatchV1Api(kube)
     batch.create_namespaced_job(NAMESPACE, job("succeeds", 0))

@@ -288,6 +288,18 @@ class PodRuntime:
             raise
         self._reported = comparable
 
+    def observe(self, pod: dict[str, Any]) -> None:
+        """The pod as the API server now has it: when its readiness is not the one this runtime
+        last reported (the node controller marks every pod of a node it lost touch with not
+        ready), the next tick reports it again, as a kubelet's status manager reconciles."""
+        reported = self._reported
+        if reported is None:
+            return
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
+        if ready != reported[1]:
+            self._reported = None
+
     def stop(self) -> None:
         self.stopping.set()
         grace = min(10.0, float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)))
@@ -534,7 +546,10 @@ class DataPlane:
                 stale = None
         if stale is not None:
             self._forget(key)
-        if known is not None or status.get("phase") != "Running" or not status.get("podIP"):
+        if known is not None:
+            known.observe(pod)
+            return
+        if status.get("phase") != "Running" or not status.get("podIP"):
             return
         runtime = PodRuntime(self, pod)
         with self._lock:
