@@ -62,22 +62,12 @@ class Redis(pulumi.ComponentResource):
         exporter_password = random.RandomPassword(
             f"{name}-exporter-password", length=32, special=False, opts=child
         ).result
-        address = f"redis://127.0.0.1:{PORT}"
-        self.secret = k8s.core.v1.Secret(
+        self.secret = _acl_secret(
             f"{name}-secret",
-            metadata=kube.metadata(names.redis_secret, args.namespace, labels),
-            type="Opaque",
-            string_data={
-                access.REDIS_ACL_FILE: pulumi.Output.all(password.result, exporter_password).apply(
-                    lambda p: access.redis_acl(p[0], p[1])
-                ),
-                access.REDIS_APP_PASSWORD_KEY: password.result,
-                access.REDIS_EXPORTER_PASSWORD_KEY: exporter_password,
-                access.REDIS_EXPORTER_PASSWORD_FILE: exporter_password.apply(
-                    lambda p: json.dumps({address: p})
-                ),
-            },
-            opts=child,
+            kube.metadata(names.redis_secret, args.namespace, labels),
+            password.result,
+            exporter_password,
+            child,
         )
         secret_name = self.secret.metadata.name
 
@@ -132,6 +122,34 @@ class Redis(pulumi.ComponentResource):
                 "deployment": self.deployment.metadata.name,
             }
         )
+
+
+def _acl_secret(
+    resource: str,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    password: pulumi.Output[str],
+    exporter_password: pulumi.Output[str],
+    opts: pulumi.ResourceOptions,
+) -> k8s.core.v1.Secret:
+    """The ACL file and the generated passwords, as the server, the app and the exporter read
+    them (the exporter's as a password file keyed by the address it scrapes)."""
+    address = f"redis://127.0.0.1:{PORT}"
+    return k8s.core.v1.Secret(
+        resource,
+        metadata=metadata,
+        type="Opaque",
+        string_data={
+            access.REDIS_ACL_FILE: pulumi.Output.all(password, exporter_password).apply(
+                lambda p: access.redis_acl(p[0], p[1])
+            ),
+            access.REDIS_APP_PASSWORD_KEY: password,
+            access.REDIS_EXPORTER_PASSWORD_KEY: exporter_password,
+            access.REDIS_EXPORTER_PASSWORD_FILE: exporter_password.apply(
+                lambda p: json.dumps({address: p})
+            ),
+        },
+        opts=opts,
+    )
 
 
 def _containers(rd: RedisConfig) -> list[k8s.core.v1.ContainerArgs]:

@@ -418,17 +418,7 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
         assert manager is not None
 
         progress(f"registering node {NODE_NAME} (pod CIDR {cluster.pod_cidr}) and starting kwok")
-        code, body = cluster.request("POST", "/api/v1/nodes", node(cluster.pod_cidr))
-        if code not in (201, 409):
-            raise ClusterError(f"creating node {NODE_NAME} failed: HTTP {code}: {body}")
-        # kwok's Logs objects (one per pod whose log a runtime writes): the CRD first
-        kubectl = [str(built.bin / "kubectl"), f"--kubeconfig={cluster.kubeconfig}"]
-        for crd in sorted(built.crds.glob("*.yaml")):
-            _run_checked([*kubectl, "apply", "--server-side", "-f", str(crd)], "installing a CRD")
-        _run_checked(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
-            "waiting for kwok's CRDs",
-        )
+        _register_node(cluster, built)
         kwok = kwok_argv(built, state, ports["kwok"], cluster.pod_cidr)
         launch("kwok", kwok, cluster.ready)
 
@@ -447,6 +437,21 @@ def _up(state: Path, built: Build, progress: Callable[[str], None]) -> Cluster:
         f"{built.versions.kubernetes} at {server}, node {NODE_NAME}, logs in {state / 'logs'}"
     )
     return cluster
+
+
+def _register_node(cluster: Cluster, built: Build) -> None:
+    """The node kwok plays, and kwok's CRDs (its Logs objects: one per pod whose log a runtime
+    writes), established before kwok starts."""
+    code, body = cluster.request("POST", "/api/v1/nodes", node(cluster.pod_cidr))
+    if code not in (201, 409):
+        raise ClusterError(f"creating node {NODE_NAME} failed: HTTP {code}: {body}")
+    kubectl = [str(built.bin / "kubectl"), f"--kubeconfig={cluster.kubeconfig}"]
+    for crd in sorted(built.crds.glob("*.yaml")):
+        _run_checked([*kubectl, "apply", "--server-side", "-f", str(crd)], "installing a CRD")
+    _run_checked(
+        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"],
+        "waiting for kwok's CRDs",
+    )
 
 
 def _down(state: Path, keep_logs: bool = False) -> list[str]:
