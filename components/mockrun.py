@@ -14,24 +14,26 @@ import contextvars
 import json
 import runpy
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pulumi
 from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_DIR / "__main__.py"
 PROJECT = "portal"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
 
-_SIG = rpc._special_sig_key
-_SECRET = rpc._special_secret_sig
+# How Pulumi's resource protocol marks a secret value: an object whose signature key holds the
+# secret signature, the value beside it.
+_SIG = "4dabf18193072939515e22adb298388d"
+_SECRET = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 - a protocol marker
+T = TypeVar("T")
 
 KIND_ORDER = (
     "Namespace",
@@ -168,10 +170,10 @@ class RecordingMonitor(mocks.MockMonitor):
             for key in request.additionalSecretOutputs:
                 if key in state:
                     state[key] = {_SIG: _SECRET, "value": state[key]}
+            marked = type(response.object)()  # the protocol's Struct
+            marked.update(state)
             response = resource_pb2.RegisterResourceResponse(
-                urn=response.urn,
-                id=response.id,
-                object=_sync_await(rpc.serialize_properties(state, {})),
+                urn=response.urn, id=response.id, object=marked
             )
         if request.type != "pulumi:pulumi:Stack":
             raw = rpc.deserialize_properties(request.object)
@@ -222,6 +224,11 @@ def run_program(
     )
 
 
+def _complete(awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, on the thread's event loop (not running: ``_run`` drives it)."""
+    return asyncio.get_event_loop_policy().get_event_loop().run_until_complete(awaitable)
+
+
 def _run(
     stack: str,
     values: Mapping[str, Any],
@@ -249,15 +256,15 @@ def _run(
     def program_main() -> None:
         runpy.run_path(str(program), run_name="__main__")
 
-    _sync_await(run_pulumi_func(program_main))
+    _complete(run_pulumi_func(program_main))
     root = settings.get_root_resource()
     exported: dict[str, Any] = getattr(root, "outputs", {})
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
     for key, value in exported.items():
         output = pulumi.Output.from_input(value)
-        outputs[key] = _sync_await(output.future())
-        if _sync_await(output.is_secret()):
+        outputs[key] = _complete(output.future())
+        if _complete(output.is_secret()):
             secret_outputs.add(key)
     return ProgramRun(
         stack=stack,
