@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -125,6 +125,15 @@ def _policy(images: Images, namespaces: list[str], revision: int) -> list[dict[s
     ]
 
 
+class Reported(NamedTuple):
+    """What a pod's runtime last wrote to the API server: its container statuses (as JSON), its
+    Ready condition ("True" or "False") and its phase."""
+
+    statuses: str
+    ready: str
+    phase: str | None
+
+
 class PodRuntime:
     """One pod: its namespace, volumes and containers, and a thread that keeps its status."""
 
@@ -145,7 +154,7 @@ class PodRuntime:
         self.stopping = threading.Event()
         self.error: str | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"pod {self.key}")
-        self._reported: Any = None
+        self._reported: Reported | None = None
         self.finished = False
 
     # -- start ---------------------------------------------------------------------------------
@@ -265,7 +274,9 @@ class PodRuntime:
             self.finished = True
         flag = "True" if ready else "False"
         reason = None if ready else ("PodCompleted" if ended else "ContainersNotReady")
-        comparable = (json.dumps(statuses, sort_keys=True, default=str), flag, status.get("phase"))
+        comparable = Reported(
+            json.dumps(statuses, sort_keys=True, default=str), flag, status.get("phase")
+        )
         if comparable == self._reported:
             return
         conditions = []
@@ -297,7 +308,7 @@ class PodRuntime:
             return
         conditions = (pod.get("status") or {}).get("conditions") or []
         ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
-        if ready != reported[1]:
+        if ready != reported.ready:
             self._reported = None
 
     def stop(self) -> None:
