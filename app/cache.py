@@ -9,6 +9,10 @@ unchanged. Invalidating a tag replaces its token: one write, whatever the number
 and a value computed concurrently with an update can never be stored as fresh (it carries the
 old token). Every entry also carries the ``__all__`` tag.
 
+A lookup (the one ``MGET`` of a cache hit: the entry and its tags' tokens) goes over the
+pipelined read connection of ``app.redis_link``; writes, tag tokens, flushes and pings over
+redis-py's pooled client.
+
 When a Redis call fails the cache switches to memory at once (requests are still served),
 records which tags were invalidated meanwhile, tries Redis again after ``redis_retry_s`` and,
 once Redis answers, replays those invalidations there before reading from it again.
@@ -34,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.metrics import Metrics
+from app.redis_link import RedisLink
 from app.settings import Settings
 
 log = logging.getLogger("app.cache")
@@ -159,8 +164,11 @@ class Cache:
         self._recover_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self.redis: aioredis.Redis | None = None
+        self.link: RedisLink | None = None
+        """The reads' pipelined connection (``app.redis_link``): a cache hit's one round trip."""
         self._timeout_s = settings.redis_timeout_ms / 1000
         if settings.redis_url:
+            self.link = RedisLink(settings.redis_url, self._timeout_s, tracer_provider)
             # Each call gets its deadline from ``_deadline`` rather than ``socket_timeout``,
             # with which redis-py runs every command's write as a task of its own.
             self.redis = aioredis.Redis.from_url(
@@ -190,9 +198,11 @@ class Cache:
         if self.redis is None:
             return 0
         in_use = getattr(self.redis.connection_pool, "_in_use_connections", ())
-        return len(in_use)
+        return len(in_use) + int(self.link is not None and self.link.busy)
 
     async def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -252,6 +262,8 @@ class Cache:
                 self._describe(exc),
                 self.settings.redis_retry_s,
             )
+        if self.link is not None:
+            self.link.close()
         if self.redis is not None:
             # Drop every pooled connection: after a restart they are all dead.
             with contextlib.suppress(RedisError, OSError):
@@ -315,12 +327,13 @@ class Cache:
         return value, False
 
     async def _lookup(self, key: str, tags: Sequence[str]) -> tuple[bytes | None, list[bytes]]:
-        client = await self._redis_ready()
-        if client is not None:
+        link = self.link
+        client = self.redis if self._redis_up else await self._redis_ready()
+        if client is not None and link is not None:
             start = time.perf_counter()
             try:
-                async with self._deadline():
-                    found = await client.mget([key, *(TAG_PREFIX + t for t in tags)])
+                # The link keeps the deadline (PORTAL_REDIS_TIMEOUT_MS) itself.
+                found = await link.execute("MGET", key, *[TAG_PREFIX + t for t in tags])
                 self._observe("get", True, start)
                 raw, current = found[0], found[1:]
                 if any(tok is None for tok in current):
