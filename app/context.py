@@ -4,18 +4,41 @@ headers, the request statistics and tracing."""
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 
 
-@dataclass(slots=True)
 class RequestContext:
-    method: str = ""
-    path: str = ""
-    query_count: int = 0
-    cache_hit: bool = False
-    statements: dict[str, int] = field(default_factory=dict)
-    """How often each named statement ran in this request (N+1 detection)."""
-    n_plus_one_reported: set[str] = field(default_factory=set)
+    """Made for every request by the middleware, so it costs one small object: the per-statement
+    counts (N+1 detection) are made by the first query, and a cache hit makes none."""
+
+    __slots__ = ("cache_hit", "method", "n_plus_one_reported", "path", "query_count", "statements")
+
+    def __init__(self, method: str = "", path: str = "") -> None:
+        self.method = method
+        self.path = path
+        self.query_count = 0
+        self.cache_hit = False
+        self.statements: dict[str, int] | None = None
+        """How often each named statement ran in this request (N+1 detection)."""
+        self.n_plus_one_reported: set[str] | None = None
+
+    def ran(self, statement: str) -> int:
+        """Count one run of ``statement``; how many times it has run in this request."""
+        self.query_count += 1
+        counts = self.statements
+        if counts is None:
+            counts = self.statements = {}
+        seen = counts[statement] = counts.get(statement, 0) + 1
+        return seen
+
+    def first_report(self, statement: str) -> bool:
+        """True the first time ``statement`` is reported as N+1 in this request."""
+        reported = self.n_plus_one_reported
+        if reported is None:
+            reported = self.n_plus_one_reported = set()
+        if statement in reported:
+            return False
+        reported.add(statement)
+        return True
 
 
 def is_probe(path: str) -> bool:
@@ -23,17 +46,18 @@ def is_probe(path: str) -> bool:
     return path.startswith("/api/health") or path == "/metrics"
 
 
-_current: ContextVar[RequestContext | None] = ContextVar("portal_request", default=None)
+CURRENT: ContextVar[RequestContext | None] = ContextVar("portal_request", default=None)
+"""The request being served (set and reset by the middleware itself, on its hot path)."""
 
 
 def current() -> RequestContext | None:
-    return _current.get()
+    return CURRENT.get()
 
 
 def begin(method: str, path: str) -> tuple[RequestContext, Token[RequestContext | None]]:
-    ctx = RequestContext(method=method, path=path)
-    return ctx, _current.set(ctx)
+    ctx = RequestContext(method, path)
+    return ctx, CURRENT.set(ctx)
 
 
 def end(token: Token[RequestContext | None]) -> None:
-    _current.reset(token)
+    CURRENT.reset(token)

@@ -140,13 +140,8 @@ class Database:
         self.suspect = False
         self.metrics.observe_query(query.operation, query.table, elapsed)
         if ctx is not None:
-            ctx.query_count += 1
-            seen = ctx.statements.get(query.name, 0) + 1
-            ctx.statements[query.name] = seen
-            if seen >= self.settings.n_plus_one_threshold and query.name not in (
-                ctx.n_plus_one_reported
-            ):
-                ctx.n_plus_one_reported.add(query.name)
+            seen = ctx.ran(query.name)
+            if seen >= self.settings.n_plus_one_threshold and ctx.first_report(query.name):
                 log.warning(
                     "suspected N+1: statement %s ran %d times in one request (%s %s); "
                     "fetch the rows in one query instead",

@@ -75,10 +75,15 @@ class _Histogram:
         self.buckets = tuple(buckets)
         self.series: dict[tuple[str, ...], list[float]] = {}
 
-    def observe(self, key: tuple[str, ...], value: float) -> None:
+    def row(self, key: tuple[str, ...]) -> list[float]:
+        """The row of ``key``, made on first use (the hot paths keep it and update it in place)."""
         row = self.series.get(key)
         if row is None:
             row = self.series[key] = [0.0] * (len(self.buckets) + 2)
+        return row
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        row = self.row(key)
         row[bisect_left(self.buckets, value)] += 1
         row[-1] += value
 
@@ -108,11 +113,13 @@ class Metrics(Collector):
         self.version = version
         self.track = track
         self.common = (version, track)
-        self.http_requests: dict[tuple[str, str, str], float] = {}
+        self.http_requests: dict[tuple[str, str, int], list[Any]] = {}
+        """Per (method, route, status): [count, the (method, route) histogram row]."""
         self.http_duration = _Histogram(HTTP_BUCKETS)
         self.db_queries: dict[tuple[str, str], float] = {}
         self.db_duration = _Histogram(HTTP_BUCKETS)
-        self.redis_ops: dict[tuple[str, str], float] = {}
+        self.redis_ops: dict[tuple[str, bool], list[Any]] = {}
+        """Per (operation, ok): [count, the operation's histogram row]."""
         self.redis_duration = _Histogram(REDIS_BUCKETS)
         self.cache_hits = dict.fromkeys(CACHE_CLASSES, 0.0)
         self.cache_misses = dict.fromkeys(CACHE_CLASSES, 0.0)
@@ -129,10 +136,14 @@ class Metrics(Collector):
             return
         if method not in _METHODS:
             method = "OTHER"
-        key = (method, route, str(status))
-        counts = self.http_requests
-        counts[key] = counts.get(key, 0.0) + 1
-        self.http_duration.observe((method, route), seconds)
+        cell = self.http_requests.get((method, route, status))
+        if cell is None:
+            row = self.http_duration.row((method, route))
+            cell = self.http_requests[method, route, status] = [0.0, row]
+        cell[0] += 1
+        row = cell[1]
+        row[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def observe_query(self, operation: str, table: str, seconds: float) -> None:
         if not self.enabled:
@@ -144,10 +155,14 @@ class Metrics(Collector):
     def observe_redis(self, operation: str, ok: bool, seconds: float) -> None:
         if not self.enabled:
             return
-        key = (operation, "ok" if ok else "error")
-        counts = self.redis_ops
-        counts[key] = counts.get(key, 0.0) + 1
-        self.redis_duration.observe((operation,), seconds)
+        cell = self.redis_ops.get((operation, ok))
+        if cell is None:
+            row = self.redis_duration.row((operation,))
+            cell = self.redis_ops[operation, ok] = [0.0, row]
+        cell[0] += 1
+        row = cell[1]
+        row[bisect_left(REDIS_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def cache_lookup(self, cache_class: str, hit: bool) -> None:
         if not self.enabled:
@@ -165,7 +180,7 @@ class Metrics(Collector):
             "http_requests_total",
             "HTTP requests answered, by route template and status.",
             ("method", "route", "status"),
-            self.http_requests,
+            {(m, r, str(code)): cell[0] for (m, r, code), cell in self.http_requests.items()},
             common,
         )
         yield self.http_duration.family(
@@ -191,7 +206,7 @@ class Metrics(Collector):
             "redis_operations_total",
             "Redis round trips, by operation and outcome.",
             ("operation", "status"),
-            self.redis_ops,
+            {(op, "ok" if ok else "error"): cell[0] for (op, ok), cell in self.redis_ops.items()},
             common,
         )
         yield self.redis_duration.family(

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import MutableMapping
-from typing import Any
+from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context
+from app.context import CURRENT as _CURRENT
+from app.context import RequestContext, is_probe
 from app.errors import request_id
 from app.runtime import Runtime
 
 log = logging.getLogger("app.http")
 
 _INTERNAL_ERROR = {"error": "internal error", "detail": "the error was logged"}
+
+
+_QUERY_COUNTS = tuple(b"%d" % n for n in range(64))
+"""``X-Query-Count`` values, made once."""
 
 
 class PortalMiddleware:
@@ -32,30 +35,35 @@ class PortalMiddleware:
         self.metrics = runtime.metrics
         self.stats = runtime.stats
         self.slow_s = runtime.settings.slow_request_ms / 1000
+        self._routes: dict[int, tuple[str, bool]] = {}
+        """Per matched route (by id; the app's routes live as long as it): its template, and
+        whether it is a probe (made on first use)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = perf_counter()
         method: str = scope["method"]
-        ctx, token = context.begin(method, scope["path"])
+        ctx = RequestContext(method, scope["path"])
+        token = _CURRENT.set(ctx)
         status = 500
         started = False
-        self.metrics.inflight += 1
+        metrics = self.metrics
+        metrics.inflight += 1
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                headers = list(message.get("headers", ()))
-                headers.append(
-                    (b"x-response-time-ms", b"%.2f" % ((time.perf_counter() - start) * 1000))
-                )
-                headers.append((b"x-cache-hit", b"true" if ctx.cache_hit else b"false"))
-                headers.append((b"x-query-count", b"%d" % ctx.query_count))
-                message = {**message, "headers": headers}
+                n = ctx.query_count
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-response-time-ms", b"%.2f" % ((perf_counter() - start) * 1000)),
+                    (b"x-cache-hit", b"true" if ctx.cache_hit else b"false"),
+                    (b"x-query-count", _QUERY_COUNTS[n] if n < 64 else b"%d" % n),
+                ]
             await send(message)
 
         try:
@@ -80,19 +88,23 @@ class PortalMiddleware:
                 )
                 await send({"type": "http.response.body", "body": body})
         finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.inflight -= 1
-            context.end(token)
-            route = _route_template(scope)
-            self.metrics.observe_request(method, route, status, elapsed)
-            if not context.is_probe(route):
+            elapsed = perf_counter() - start
+            metrics.inflight -= 1
+            _CURRENT.reset(token)
+            route = scope.get("route")
+            known = self._routes.get(id(route))  # routes define __eq__: not hashable
+            if known is None:
+                known = self._routes[id(route)] = _route_template(route)
+            template, probe = known
+            metrics.observe_request(method, template, status, elapsed)
+            if not probe:
                 self.stats.record(elapsed * 1000, status)
             if elapsed >= self.slow_s:
                 log.warning(
                     "slow request: %s %s took %.0f ms (threshold %d ms), status %d, "
                     "%d queries, cache %s",
                     method,
-                    route,
+                    template,
                     elapsed * 1000,
                     self.runtime.settings.slow_request_ms,
                     status,
@@ -101,7 +113,8 @@ class PortalMiddleware:
                 )
 
 
-def _route_template(scope: MutableMapping[str, Any]) -> str:
-    route = scope.get("route")
+def _route_template(route: object) -> tuple[str, bool]:
+    """The matched route's template (``unmatched`` without one), and whether it is a probe."""
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else "unmatched"
+    template = path if isinstance(path, str) and path else "unmatched"
+    return template, is_probe(template)
