@@ -21,7 +21,10 @@ Each rotation runs every variant once, in rotated order. CPU per request (the se
 CPU time over the requests it answered, exporter thread included) is the steady figure; req/s
 moves with whatever else the machine runs. Each ratio is taken within a rotation and the median
 over rotations reported, with the load average. Then an open-loop client offers a fixed rate
-to ``traced`` and its p95 is compared with the target. ``--service-profile`` also records a
+to ``traced`` and its p95 is compared with the target. Side by side CPU moves by several
+percent between runs on a shared machine, so the untraced variants' calls per read are also
+counted in process (``bench.service_calls``): the figure a small change can be read from.
+``--service-profile`` also records a
 py-spy flame graph of every variant under the same load (``bench/results/service-<name>.svg``).
 
 A new variant is one more entry in ``variants()``, and one more ``Comparison`` for its cost.
@@ -60,6 +63,7 @@ from bench.common import (
     start_bare,
     wrk,
 )
+from bench.service_calls import report_calls
 from bench.service_runs import (
     DASHBOARD,
     P95_TARGET_MS,
@@ -482,6 +486,7 @@ def run(args: argparse.Namespace) -> Report:
             )
             if "auth_vs_noauth" in outcome:
                 outcome["auth_path"] = _auth_path(report, runs, users)
+            calls = report_calls(report, chosen, dsn, rd.url, users)
             traced = next((v for v in chosen if v.key == "traced"), None)
             if traced is not None:
                 p95, failed = fixed_rate(report, servers[traced.key], traced, args)
@@ -494,10 +499,14 @@ def run(args: argparse.Namespace) -> Report:
         raise BenchError(f"the collector received {collector.bad_requests} malformed exports")
     report.data["targets"] = {k: met for k, (_, met) in outcome.items()}
     load_note = f"load average {median(loads):.2f} ({min(loads):.2f}-{max(loads):.2f})"
+    if calls:
+        load_note = f"{calls}; {load_note}"
     if args.service_variants is not None:
         report.finish(f"{_partial_summary(outcome, compared)}; {load_note}")
         return report
     ok_p95 = p95 < P95_TARGET_MS and failed == 0
     report.data["targets"]["p95"] = ok_p95
-    report.finish(_summary(outcome, runs, args, p95, ok_p95, loads))
+    report.finish(
+        _summary(outcome, runs, args, p95, ok_p95, loads) + (f"; {calls}" if calls else "")
+    )
     return report
