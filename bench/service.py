@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,6 @@ from bench.common import (
     Report,
     Service,
     WrkResult,
-    admin_headers,
     app_env,
     cpu_seconds,
     fraction,
@@ -68,9 +65,11 @@ from bench.service_runs import (
     DASHBOARD,
     P95_TARGET_MS,
     auth_path,
+    checkout,
     fixed_rate,
     profile,
     tokens_for,
+    warm,
 )
 
 NAME = "service"
@@ -209,35 +208,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _checkout(rev: str, root: Path) -> Path:
-    """``app/`` of revision ``rev`` in a directory of its own."""
-    dest = root / f"rev-{rev.replace('/', '_')}"
-    dest.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "app"], capture_output=True, check=False
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"--service-against {rev}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return dest
-
-
 def _start(variant: Variant, root: Path, dsn: str, redis_url: str, otlp: str) -> Service:
     if variant.env is None:
         return start_bare(root, variant.key)
     env = app_env(dsn, redis_url, **variant.env)
     if variant.traced:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
-    source = _checkout(variant.source, root) if variant.source else REPO
+    source = checkout(variant.source, root) if variant.source else REPO
     return start_app(root, f"app-{variant.key}", env, source=source)
-
-
-def _warm(service: Service, users: int) -> None:
-    admin = admin_headers()
-    for uid in range(1, users + 1):
-        request = urllib.request.Request(f"{service.url}/api/users/{uid}/dashboard", headers=admin)
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            resp.read()
 
 
 @dataclass
@@ -463,7 +441,7 @@ def run(args: argparse.Namespace) -> Report:
             for v in chosen:
                 servers[v.key] = _start(v, root, dsn, rd.url, collector.url)
             progress(NAME, "warming the cache and the servers")
-            _warm(next(servers[v.key] for v in chosen if v.env is not None), users)
+            warm(next(servers[v.key] for v in chosen if v.env is not None), users)
             for v in chosen:
                 wrk(
                     servers[v.key].url,

@@ -1,5 +1,6 @@
-"""The service benchmark's runs beside the rotations: the open-loop run at a fixed rate, and the
-flame graph of each variant (``--service-profile``)."""
+"""The service benchmark's runs beside the rotations: the open-loop run at a fixed rate, the
+flame graph of each variant (``--service-profile``), and the servers' preparation (another
+revision's code, a warm cache)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -151,3 +153,24 @@ def auth_path(users: int, reps: int = 7, calls: int = 20_000) -> tuple[float, fl
                 authenticator.authorize(Access.OWN_RECORD, scope)
             timings[name].append((time.process_time() - start) / calls * 1e6)
     return median(timings["on"]), median(timings["off"])
+
+
+def checkout(rev: str, root: Path) -> Path:
+    """``app/`` of revision ``rev`` in a directory of its own."""
+    dest = root / f"rev-{rev.replace('/', '_')}"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "app"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"--service-against {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def warm(service: Service, users: int) -> None:
+    admin = admin_headers()
+    for uid in range(1, users + 1):
+        request = urllib.request.Request(f"{service.url}/api/users/{uid}/dashboard", headers=admin)
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
