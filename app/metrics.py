@@ -102,6 +102,25 @@ class _Histogram:
         return family
 
 
+class _Counted:
+    """A counter per label set beside a histogram keyed by the first ``prefix`` of its labels:
+    per counter key, [count, the histogram's row], updated in place on the hot path."""
+
+    def __init__(self, histogram: _Histogram, prefix: int) -> None:
+        self.histogram = histogram
+        self.prefix = prefix
+        self.cells: dict[tuple[Any, ...], list[Any]] = {}
+
+    def observe(self, key: tuple[Any, ...], seconds: float) -> None:
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0.0, self.histogram.row(key[: self.prefix])]
+        cell[0] += 1
+        row = cell[1]
+        row[bisect_left(self.histogram.buckets, seconds)] += 1
+        row[-1] += seconds
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
@@ -113,14 +132,14 @@ class Metrics(Collector):
         self.version = version
         self.track = track
         self.common = (version, track)
-        self.http_requests: dict[tuple[str, str, int], list[Any]] = {}
-        """Per (method, route, status): [count, the (method, route) histogram row]."""
         self.http_duration = _Histogram(HTTP_BUCKETS)
+        self.http_requests = _Counted(self.http_duration, 2)
+        """Per (method, route, status), beside the (method, route) duration histogram."""
         self.db_queries: dict[tuple[str, str], float] = {}
         self.db_duration = _Histogram(HTTP_BUCKETS)
-        self.redis_ops: dict[tuple[str, bool], list[Any]] = {}
-        """Per (operation, ok): [count, the operation's histogram row]."""
         self.redis_duration = _Histogram(REDIS_BUCKETS)
+        self.redis_ops = _Counted(self.redis_duration, 1)
+        """Per (operation, ok), beside the operation's duration histogram."""
         self.cache_hits = dict.fromkeys(CACHE_CLASSES, 0.0)
         self.cache_misses = dict.fromkeys(CACHE_CLASSES, 0.0)
         self.connections = dict.fromkeys(CONNECTION_TYPES, 0.0)
@@ -136,14 +155,7 @@ class Metrics(Collector):
             return
         if method not in _METHODS:
             method = "OTHER"
-        cell = self.http_requests.get((method, route, status))
-        if cell is None:
-            row = self.http_duration.row((method, route))
-            cell = self.http_requests[method, route, status] = [0.0, row]
-        cell[0] += 1
-        row = cell[1]
-        row[bisect_left(HTTP_BUCKETS, seconds)] += 1
-        row[-1] += seconds
+        self.http_requests.observe((method, route, status), seconds)
 
     def observe_query(self, operation: str, table: str, seconds: float) -> None:
         if not self.enabled:
@@ -155,14 +167,7 @@ class Metrics(Collector):
     def observe_redis(self, operation: str, ok: bool, seconds: float) -> None:
         if not self.enabled:
             return
-        cell = self.redis_ops.get((operation, ok))
-        if cell is None:
-            row = self.redis_duration.row((operation,))
-            cell = self.redis_ops[operation, ok] = [0.0, row]
-        cell[0] += 1
-        row = cell[1]
-        row[bisect_left(REDIS_BUCKETS, seconds)] += 1
-        row[-1] += seconds
+        self.redis_ops.observe((operation, ok), seconds)
 
     def cache_lookup(self, cache_class: str, hit: bool) -> None:
         if not self.enabled:
@@ -180,7 +185,7 @@ class Metrics(Collector):
             "http_requests_total",
             "HTTP requests answered, by route template and status.",
             ("method", "route", "status"),
-            {(m, r, str(code)): cell[0] for (m, r, code), cell in self.http_requests.items()},
+            {(m, r, str(code)): cell[0] for (m, r, code), cell in self.http_requests.cells.items()},
             common,
         )
         yield self.http_duration.family(
@@ -206,7 +211,10 @@ class Metrics(Collector):
             "redis_operations_total",
             "Redis round trips, by operation and outcome.",
             ("operation", "status"),
-            {(op, "ok" if ok else "error"): cell[0] for (op, ok), cell in self.redis_ops.items()},
+            {
+                (op, "ok" if ok else "error"): cell[0]
+                for (op, ok), cell in self.redis_ops.cells.items()
+            },
             common,
         )
         yield self.redis_duration.family(
