@@ -108,6 +108,11 @@ class Settings:
     otel_service_name: str = "portal"
     trace_sample_ratio: float = 1.0
     """Share of requests that start a trace (one with a caller's ``traceparent`` follows it)."""
+    trace_batch_size: int = 64
+    """Most spans in one OTLP export (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``; OpenTelemetry: 512)."""
+    trace_batch_delay_ms: int = 200
+    """Longest a finished span waits for its export, in ms (``OTEL_BSP_SCHEDULE_DELAY``;
+    OpenTelemetry's is 5000)."""
     log_level: str = "INFO"
     instrumentation: bool = True
     """Off only to measure the instrumentation's own cost (no metrics, headers or stats)."""
@@ -179,6 +184,8 @@ class Settings:
             ),
             otel_service_name=r.label("OTEL_SERVICE_NAME", "portal"),
             trace_sample_ratio=r.fraction("PORTAL_TRACE_SAMPLE_RATIO", 1.0),
+            trace_batch_size=r.integer("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 64, 1, 2048),
+            trace_batch_delay_ms=r.integer("OTEL_BSP_SCHEDULE_DELAY", 200, 1, 60_000),
             log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             instrumentation=r.choice("PORTAL_INSTRUMENTATION", "on", ("on", "off")) == "on",
             cache_enabled=r.choice("PORTAL_CACHE", "on", ("on", "off")) == "on",

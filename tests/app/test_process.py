@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from rollout.local.processes import free_port
 from tests.app.conftest import ADMIN, bearer, migrate, run_cli, sql_one, token, wait_for
@@ -178,6 +179,28 @@ def test_traces_are_exported_over_otlp_when_an_endpoint_is_set(serve_app, portal
     payload = b"".join(exported)
     assert b"portal-under-test" in payload
     assert b"GET /api/users/{user_id}/dashboard" in payload
+
+
+def test_spans_leave_in_batches_no_larger_than_the_setting(serve_app, portal_dsn, receiver):
+    app = serve_app(
+        {
+            "PORTAL_DATABASE_URL": portal_dsn,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
+        }
+    )
+    for user in (3, 4, 5):
+        assert get(f"{app.url}/api/users/{user}/dashboard", headers=ADMIN)[0] == 200
+    assert app.stop() in (0, -15)
+    assert "in batches of up to 2 every 200 ms" in app.log_text()
+    sizes = []
+    for body in receiver.bodies("/v1/traces"):
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(body)
+        sizes.append(sum(len(ss.spans) for rs in export.resource_spans for ss in rs.scope_spans))
+    servers = b"".join(receiver.bodies("/v1/traces")).count(b"GET /api/users/{user_id}/dashboard")
+    assert servers == 3, "every request's server span was exported"
+    assert sum(sizes) >= 6 and max(sizes) <= 2, sizes
 
 
 def test_seed_fills_ten_thousand_users_well_under_a_minute_and_tops_up(pg_dsn):

@@ -22,6 +22,7 @@ def test_only_the_database_url_is_needed_and_the_defaults_match_the_contract():
     assert (s.db_statement_timeout_ms, s.db_lock_timeout_ms) == (5000, 1000)
     assert s.otel_service_name == "portal"
     assert s.trace_sample_ratio == 1.0, "every request is traced unless told otherwise"
+    assert (s.trace_batch_size, s.trace_batch_delay_ms) == (64, 200), "small, frequent exports"
 
 
 def test_an_empty_value_counts_as_unset():
@@ -81,6 +82,9 @@ def test_latency_fault_delays_every_request_unless_a_rate_is_given():
         ("PORTAL_TRACE_SAMPLE_RATIO", "all", "'all' is not a number between 0 and 1"),
         ("PORTAL_TRACE_SAMPLE_RATIO", "1.5", "'1.5' is not a number between 0 and 1"),
         ("PORTAL_TRACE_SAMPLE_RATIO", "-0.1", "'-0.1' is not a number between 0 and 1"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0", "is not a whole number between 1 and 2048"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096", "is not a whole number between 1 and 2048"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "5s", "is not a whole number between 1 and 60000"),
         ("OTEL_TRACES_SAMPLER", "always_off", "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead"),
         ("OTEL_TRACES_SAMPLER_ARG", "0.1", "set PORTAL_TRACE_SAMPLE_RATIO (0 to 1) instead"),
     ],

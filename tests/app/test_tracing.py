@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -63,7 +64,9 @@ async def test_a_request_traces_http_postgres_and_redis_in_one_trace(portal_dsn,
 
 async def test_without_an_endpoint_nothing_is_traced():
     settings = Settings.from_env({"PORTAL_DATABASE_URL": "postgresql://u@127.0.0.1/x"})
+    interval = sys.getswitchinterval()
     assert tracer_provider_for(settings) is None
+    assert sys.getswitchinterval() == interval, "without tracing, no thread needs sharing with"
     provider = tracer_provider_for(
         Settings.from_env(
             {
@@ -76,10 +79,14 @@ async def test_without_an_endpoint_nothing_is_traced():
     )
     assert provider is not None
     try:
+        assert sys.getswitchinterval() <= 0.001, (
+            "the exporter's thread gives the GIL back to the event loop within a millisecond"
+        )
         assert provider.resource.attributes["service.name"] == "portal-x"
         assert provider.resource.attributes["service.version"] == "3.1.4"
     finally:
         provider.shutdown()
+        sys.setswitchinterval(interval)
 
 
 def in_memory() -> tuple[TracerProvider, InMemorySpanExporter]:
