@@ -8,60 +8,63 @@ afterwards is left out. Jaeger itself cannot run here (no container images).
 
 from __future__ import annotations
 
-import multiprocessing
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing.connection import Connection
-from multiprocessing.sharedctypes import SynchronizedArray
 from types import TracebackType
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from bench.common import BenchError
-
-_SPANS, _EXPORTS, _BAD = range(3)
-_START_TIMEOUT_S = 60.0
+from bench.common import REPO, BenchError
 
 
 class Collector:
     """``with Collector() as c:`` listens on a free loopback port; ``c.url`` is the OTLP base URL
     (what ``OTEL_EXPORTER_OTLP_ENDPOINT`` takes), ``c.spans`` the spans received so far.
 
-    It runs in a process of its own, as a real collector does: decoding exports in the
-    benchmark's process would stall the load client that shares it and add to the latencies it
-    measures. An export's spans are counted before its response is sent.
+    It runs in a process of its own (``python -m bench.collector``), as a real collector does:
+    decoding exports in the benchmark's process would stall the load client that shares it and
+    add to the latencies it measures. An export's spans are counted before its response is
+    sent; ``GET /counts`` reads the counts.
     """
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._counts: SynchronizedArray[int] = ctx.Array("q", 3)
-        self._ready, child = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(
-            target=_serve, args=(self._counts, child), name="otlp-collector", daemon=True
-        )
-        self._port = 0
+        self._process: subprocess.Popen[str] | None = None
+        self.url = ""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
+    def _counts(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.url}/counts", timeout=10) as resp:
+            counts: dict[str, int] = json.load(resp)
+        return counts
 
     @property
     def spans(self) -> int:
-        return int(self._counts[_SPANS])
+        return self._counts()["spans"]
 
     @property
     def exports(self) -> int:
-        return int(self._counts[_EXPORTS])
+        return self._counts()["exports"]
 
     @property
     def bad_requests(self) -> int:
-        return int(self._counts[_BAD])
+        return self._counts()["bad_requests"]
 
     def __enter__(self) -> Collector:
-        self._process.start()
-        if not self._ready.poll(_START_TIMEOUT_S):
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.collector"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.isdigit():
             self._process.kill()
-            raise BenchError(f"the OTLP collector did not start in {_START_TIMEOUT_S:g}s")
-        self._port = int(self._ready.recv())
+            raise BenchError(f"the OTLP collector did not start (exit {self._process.wait()})")
+        self.url = f"http://127.0.0.1:{line}"
         return self
 
     def __exit__(
@@ -70,41 +73,62 @@ class Collector:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._process.terminate()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
 
 
-def _count(counts: SynchronizedArray[int], body: bytes) -> bool:
-    request = ExportTraceServiceRequest()
-    try:
-        request.ParseFromString(body)
-    except Exception:  # a DecodeError: the export was not OTLP protobuf
-        with counts.get_lock():
-            counts[_BAD] += 1
-        return False
-    n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-    with counts.get_lock():
-        counts[_SPANS] += n
-        counts[_EXPORTS] += 1
-    return True
+class _Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values = {"spans": 0, "exports": 0, "bad_requests": 0}
+
+    def add(self, body: bytes) -> bool:
+        request = ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except Exception:  # a DecodeError: the export was not OTLP protobuf
+            with self.lock:
+                self.values["bad_requests"] += 1
+            return False
+        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        with self.lock:
+            self.values["spans"] += n
+            self.values["exports"] += 1
+        return True
 
 
-def _serve(counts: SynchronizedArray[int], ready: Connection) -> None:
+def main() -> None:
+    counts = _Counts()
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            ok = self.path == "/v1/traces" and _count(counts, body)
+            ok = self.path == "/v1/traces" and counts.add(body)
             self.send_response(200 if ok else 400)
             self.send_header("content-length", "0")
             self.end_headers()
+
+        def do_GET(self) -> None:
+            if self.path != "/counts":
+                self.send_error(404)
+                return
+            with counts.lock:
+                body = json.dumps(counts.values).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    ready.send(server.server_address[1])
+    print(server.server_address[1], flush=True)
     server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

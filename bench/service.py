@@ -128,7 +128,11 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         ),
         Variant("bare", "bare FastAPI endpoint", user_tokens=False),
     ]
-    if args.service_against:
+    if args.service_against and args.service_against_traced:
+        rev = args.service_against
+        label = f"{rev}: instrumented, {share} traced"
+        out.append(Variant("against", label, {**on, **every}, traced=True, source=rev))
+    elif args.service_against:
         rev = args.service_against
         out.append(Variant("against", f"{rev}: instrumented", on, source=rev))
     return out
@@ -155,7 +159,8 @@ def comparisons(args: argparse.Namespace) -> list[Comparison]:
     ]
     if args.service_against:
         rev = args.service_against
-        out.append(Comparison("vs_against", "instrumented", "against", f"vs {rev}"))
+        ours = "traced" if args.service_against_traced else "instrumented"
+        out.append(Comparison("vs_against", ours, "against", f"vs {rev}"))
     return out
 
 
@@ -193,6 +198,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="REV",
         default=None,
         help="also run the instrumented service from this git revision (e.g. main)",
+    )
+    g.add_argument(
+        "--service-against-traced",
+        action="store_true",
+        help="run the --service-against revision traced, beside 'traced', in the rotations and "
+        "at the fixed rate (to measure a change to tracing)",
     )
     g.add_argument(
         "--service-variants",
@@ -468,6 +479,9 @@ def run(args: argparse.Namespace) -> Report:
             traced = next((v for v in chosen if v.key == "traced"), None)
             if traced is not None:
                 p95, failed = fixed_rate(report, servers[traced.key], traced, args)
+            against = next((v for v in chosen if v.key == "against" and v.traced), None)
+            if against is not None:
+                fixed_rate(report, servers[against.key], against, args, "fixed_rate_against")
             if args.service_profile:
                 profile(chosen, servers, args, root)
         finally:

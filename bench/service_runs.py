@@ -93,7 +93,11 @@ def profile(
 
 
 def fixed_rate(
-    report: Report, service: Service, variant: Variant, args: argparse.Namespace
+    report: Report,
+    service: Service,
+    variant: Variant,
+    args: argparse.Namespace,
+    name: str = "fixed_rate",
 ) -> tuple[float, int]:
     users, rate = args.service_users, args.service_rate
     progress(NAME, f"fixed rate {rate:g} req/s for {args.service_rate_seconds:g}s, {variant.key}")
@@ -109,17 +113,17 @@ def fixed_rate(
         dashboard,
         headers={**admin_headers(), **variant.headers},
     )
-    report.data["fixed_rate"] = fixed.summary()
+    report.data[name] = fixed.summary()
     p95 = fixed.p(95)
     report.figure(
-        "fixed_rate_p50",
+        f"{name}_p50",
         fixed.p(50),
         "ms",
         f"{variant.label}, {rate:g} req/s open loop, {fixed.sent} requests",
     )
-    report.figure("fixed_rate_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
-    report.figure("fixed_rate_p99", fixed.p(99), "ms")
-    report.figure("fixed_rate_failed", fixed.failed, "requests")
+    report.figure(f"{name}_p95", p95, "ms", f"target < {P95_TARGET_MS:g} ms")
+    report.figure(f"{name}_p99", fixed.p(99), "ms")
+    report.figure(f"{name}_failed", fixed.failed, "requests")
     return p95, fixed.failed
 
 
