@@ -33,9 +33,13 @@ class Collector:
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[str] | None = None
+        self._final: dict[str, int] | None = None
+        """The counts when the collector stopped (they stay readable after it)."""
         self.url = ""
 
     def _counts(self) -> dict[str, int]:
+        if self._final is not None:
+            return self._final
         with urllib.request.urlopen(f"{self.url}/counts", timeout=10) as resp:
             counts: dict[str, int] = json.load(resp)
         return counts
@@ -74,6 +78,7 @@ class Collector:
         tb: TracebackType | None,
     ) -> None:
         if self._process is not None:
+            self._final = self._counts()
             self._process.terminate()
             self._process.wait(10)
 

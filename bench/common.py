@@ -290,12 +290,18 @@ def _serve(
 
 
 def start_app(
-    root: Path, name: str, env: Mapping[str, str], timeout: float = 60, source: Path = REPO
+    root: Path,
+    name: str,
+    env: Mapping[str, str],
+    timeout: float = 60,
+    source: Path = REPO,
+    wrapper: Sequence[str] = (),
 ) -> Service:
     """``python -m app serve`` on a free port, ready when /api/health answers. ``source`` is the
-    directory whose ``app`` package runs (another revision's, to compare code side by side)."""
+    directory whose ``app`` package runs (another revision's, to compare code side by side);
+    ``wrapper`` comes before the interpreter on its command line (``valgrind ...``)."""
     port = free_port()
-    argv = [PYTHON, "-m", "app", "serve", "--port", str(port)]
+    argv = [*wrapper, PYTHON, "-m", "app", "serve", "--port", str(port)]
     return _serve(root, name, argv, env, f"app {name}", port, timeout, cwd=source)
 
 

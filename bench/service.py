@@ -22,8 +22,10 @@ CPU time over the requests it answered, exporter thread included) is the steady 
 moves with whatever else the machine runs. Each ratio is taken within a rotation and the median
 over rotations reported, with the load average. Then an open-loop client offers a fixed rate
 to ``traced`` and its p95 is compared with the target. Side by side CPU moves by several
-percent between runs on a shared machine, so the untraced variants' calls per read are also
-counted in process (``bench.service_calls``): the figure a small change can be read from.
+percent between runs on a shared machine, so the untraced variants' work per read is also
+counted: calls in process (``bench.service_calls``) and, with valgrind installed, the server
+process's machine instructions (``bench.service_instructions``), the figure a small change can
+be read from.
 ``--service-profile`` also records a
 py-spy flame graph of every variant under the same load (``bench/results/service-<name>.svg``).
 
@@ -61,6 +63,7 @@ from bench.common import (
     wrk,
 )
 from bench.service_calls import report_calls
+from bench.service_instructions import report_instructions
 from bench.service_runs import (
     DASHBOARD,
     P95_TARGET_MS,
@@ -476,6 +479,8 @@ def run(args: argparse.Namespace) -> Report:
             if "auth_vs_noauth" in outcome:
                 outcome["auth_path"] = _auth_path(report, runs, users)
             calls = report_calls(report, chosen, dsn, rd.url, users)
+            instructions = report_instructions(report, chosen, dsn, rd.url, users, root)
+            calls = "; ".join(x for x in (instructions, calls) if x) or None
             traced = next((v for v in chosen if v.key == "traced"), None)
             if traced is not None:
                 p95, failed = fixed_rate(report, servers[traced.key], traced, args)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything `make test` and `make demo` need on a fresh Debian machine, running as root:
 # the system servers (PostgreSQL, Redis, Prometheus with promtool, Alertmanager with amtool, nginx,
-# the two exporters, wrk)
+# the two exporters, wrk, valgrind)
 # and a virtualenv with the pinned Python dependencies. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ declare -A PROVIDER=(
   [prometheus-redis-exporter]=prometheus-redis-exporter
   [prometheus-pushgateway]=prometheus-pushgateway [psql]=postgresql-client
   [prometheus-alertmanager]=prometheus-alertmanager [amtool]=prometheus-alertmanager
+  [valgrind]=valgrind [callgrind_control]=valgrind
 )
 
 missing=()

@@ -8,7 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.metrics import HTTP_BUCKETS, REDIS_BUCKETS, SERIES
+from bench.common import app_env
 from bench.service_calls import calls_per_read
+from bench.service_instructions import instructions_per_read
 from tests.app.conftest import SEED_USERS, running_app, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +195,21 @@ def test_instrumentation_adds_few_calls_to_a_cached_read_and_their_count_is_repe
         assert sum(again[key]) == pytest.approx(sum(first[key]), rel=0.01), (first, again)
     on, off = sum(first["instrumented"]), sum(first["off"])
     assert off < on <= 1.1 * off, first
+
+
+def test_instructions_per_read_under_valgrind_repeat_and_show_the_instrumentation(
+    portal_dsn, redis_url, tmp_path
+):
+    """The benchmark's exact figure (bench/service_instructions.py): the server process's
+    machine instructions per cache-warm read, counted by callgrind. Two runs of one variant agree
+    within 1%, which is what lets it resolve a few percent, and the instrumentation shows as more
+    instructions (9% of the read when this was written: 538k vs 493k)."""
+
+    def count(name: str, instrumentation: str) -> float:
+        env = app_env(portal_dsn, redis_url, PORTAL_INSTRUMENTATION=instrumentation)
+        return instructions_per_read(tmp_path, name, env, SEED_USERS, reads=100)
+
+    off, again = count("off", "off"), count("off-again", "off")
+    assert again == pytest.approx(off, rel=0.01), (off, again)
+    on = count("instrumented", "on")
+    assert 1.01 * off < on < 1.5 * off, (on, off)
