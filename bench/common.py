@@ -220,11 +220,14 @@ def app_env(dsn: str, redis_url: str | None = None, **extra: str) -> dict[str, s
     return env
 
 
-def app_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> str:
-    """Run ``python -m app <args>``; its stdout, or BenchError with its stderr."""
+def command(
+    argv: Sequence[str], what: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> str:
+    """Run ``argv`` in the repository; its stdout, or BenchError naming ``what`` with its
+    stderr."""
     result = subprocess.run(
-        [PYTHON, "-m", "app", *args],
-        env=dict(env),
+        list(argv),
+        env=None if env is None else dict(env),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -232,8 +235,13 @@ def app_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -
         check=False,
     )
     if result.returncode != 0:
-        raise BenchError(f"python -m app {' '.join(args)} failed: {result.stderr.strip()}")
+        raise BenchError(f"{what} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def app_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> str:
+    """Run ``python -m app <args>``; its stdout, or BenchError with its stderr."""
+    return command([PYTHON, "-m", "app", *args], f"python -m app {' '.join(args)}", env, timeout)
 
 
 def seeded_database(pg: PostgresServer, name: str, users: int) -> str:

@@ -131,12 +131,11 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         ),
         Variant("bare", "bare FastAPI endpoint", user_tokens=False),
     ]
-    if args.service_against and args.service_against_traced:
-        rev = args.service_against
+    rev = args.service_against
+    if rev and args.service_against_traced:
         label = f"{rev}: instrumented, {share} traced"
         out.append(Variant("against", label, {**on, **every}, traced=True, source=rev))
-    elif args.service_against:
-        rev = args.service_against
+    elif rev:
         out.append(Variant("against", f"{rev}: instrumented", on, source=rev))
     return out
 
@@ -390,6 +389,8 @@ def _auth_path(report: Report, runs: dict[str, _Runs], users: int) -> tuple[floa
 
 
 def _selected(args: argparse.Namespace) -> tuple[list[Variant], list[Comparison]]:
+    if args.service_against_traced and not args.service_against:
+        raise BenchError("--service-against-traced: give the revision with --service-against REV")
     chosen, compared = variants(args), comparisons(args)
     if args.service_variants is None:
         return chosen, compared
@@ -480,7 +481,7 @@ def run(args: argparse.Namespace) -> Report:
                 outcome["auth_path"] = _auth_path(report, runs, users)
             calls = report_calls(report, chosen, dsn, rd.url, users)
             instructions = report_instructions(report, chosen, dsn, rd.url, users, root)
-            calls = "; ".join(x for x in (instructions, calls) if x) or None
+            per_read = "; ".join(x for x in (instructions, calls) if x)
             traced = next((v for v in chosen if v.key == "traced"), None)
             if traced is not None:
                 p95, failed = fixed_rate(report, servers[traced.key], traced, args)
@@ -496,14 +497,14 @@ def run(args: argparse.Namespace) -> Report:
         raise BenchError(f"the collector received {collector.bad_requests} malformed exports")
     report.data["targets"] = {k: met for k, (_, met) in outcome.items()}
     load_note = f"load average {median(loads):.2f} ({min(loads):.2f}-{max(loads):.2f})"
-    if calls:
-        load_note = f"{calls}; {load_note}"
+    if per_read:
+        load_note = f"{per_read}; {load_note}"
     if args.service_variants is not None:
         report.finish(f"{_partial_summary(outcome, compared)}; {load_note}")
         return report
     ok_p95 = p95 < P95_TARGET_MS and failed == 0
     report.data["targets"]["p95"] = ok_p95
     report.finish(
-        _summary(outcome, runs, args, p95, ok_p95, loads) + (f"; {calls}" if calls else "")
+        _summary(outcome, runs, args, p95, ok_p95, loads) + (f"; {per_read}" if per_read else "")
     )
     return report

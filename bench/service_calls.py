@@ -32,9 +32,7 @@ def report_calls(
 ) -> str | None:
     """Calls per read of the untraced variants of this checkout's service into ``report``; with
     ``instrumented`` and ``off`` among them, what the instrumentation adds (a summary line)."""
-    counted = {
-        v.key: v.env for v in variants if v.env is not None and not v.traced and v.source is None
-    }
+    counted = counted_variants(variants)
     if not counted:
         return None
     progress("service", f"counting calls per read in process: {', '.join(counted)}")
@@ -46,6 +44,14 @@ def report_calls(
     on, off = sum(calls["instrumented"]), sum(calls["off"])
     report.figure("ratio_calls_instrumented_vs_off", on / off, "x", "calls per read, in process")
     return f"calls per read in process {on:.0f} instrumented vs {off:.0f} off ({on / off:.3f}x)"
+
+
+def counted_variants(variants: list[Variant]) -> dict[str, Mapping[str, str]]:
+    """{key: settings} of the variants whose work per read is counted: this checkout's service,
+    untraced."""
+    return {
+        v.key: v.env for v in variants if v.env is not None and not v.traced and v.source is None
+    }
 
 
 def calls_per_read(

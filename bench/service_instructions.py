@@ -3,7 +3,7 @@
 CPU time side by side moves by more than the instrumentation's cost on a shared 2-core machine,
 and a count of Python calls weighs a list append like a regular-expression search. Valgrind's
 callgrind counts the instructions the server process executes, the same from one run to the
-next within about 0.5%. Each untraced variant's server (``python -m app serve``, uvicorn
+next within 1%. Each untraced variant's server (``python -m app serve``, uvicorn
 included) runs under callgrind with counting off until it is warm (every entry cached, every
 token verified); then it counts over ``READS`` sequential reads and over twice as many more,
 each user's own token with each read. The difference over ``READS`` is one read's count, free
@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import http.client
 import shutil
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from bench.common import BenchError, Report, Service, app_env, progress, start_app, token
+from bench.common import (
+    BenchError,
+    Report,
+    Service,
+    app_env,
+    command,
+    progress,
+    start_app,
+    token,
+)
+from bench.service_calls import counted_variants
 
 if TYPE_CHECKING:
     from bench.service import Variant
@@ -39,9 +48,7 @@ def report_instructions(
     """Instructions per read of the untraced variants of this checkout's service into ``report``;
     with ``instrumented`` and ``off`` among them, what the instrumentation adds (a summary line).
     Nothing without valgrind (``make deps`` installs it)."""
-    counted = {
-        v.key: v.env for v in variants if v.env is not None and not v.traced and v.source is None
-    }
+    counted = counted_variants(variants)
     if not counted:
         return None
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -128,16 +135,9 @@ class _Reader:
                 raise BenchError(f"GET {path} answered {resp.status} under valgrind")
 
 
-def _control(pid: int, command: str) -> None:
-    done = subprocess.run(
-        ["callgrind_control", command, str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"callgrind_control {command} {pid} failed: {done.stderr.strip()}")
+def _control(pid: int, option: str) -> None:
+    argv = ["callgrind_control", option, str(pid)]
+    command(argv, " ".join(argv), timeout=120)
 
 
 def _dumps(out: Path, pid: int) -> dict[str, int]:
