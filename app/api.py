@@ -191,7 +191,7 @@ async def _cached(
         return row[0].encode() if row and row[0] is not None else None
 
     body, hit = await rt.cache.get_or_compute(key, cache_class, compute, tags)
-    ctx = context.current()
+    ctx = context.CURRENT.get()
     if ctx is not None:
         ctx.cache_hit = hit
     return body

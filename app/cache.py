@@ -37,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.metrics import Metrics
+from app.metrics import REDIS_BUCKETS, Metrics, observe
 from app.redis_link import RedisLink
 from app.settings import Settings
 
@@ -167,6 +167,8 @@ class Cache:
         self.link: RedisLink | None = None
         """The reads' pipelined connection (``app.redis_link``): a cache hit's one round trip."""
         self._timeout_s = settings.redis_timeout_ms / 1000
+        self._get_ok = metrics.redis_cell("get", True)
+        """The series of a lookup's successful ``MGET``, kept: the hot path updates it in place."""
         if settings.redis_url:
             self.link = RedisLink(settings.redis_url, self._timeout_s, tracer_provider)
             # Each call gets its deadline from ``_deadline`` rather than ``socket_timeout``,
@@ -330,11 +332,13 @@ class Cache:
         link = self.link
         client = self.redis if self._redis_up else await self._redis_ready()
         if client is not None and link is not None:
-            start = time.perf_counter()
+            timed = self._get_ok  # None while instrumentation is off: no clock reads either
+            start = time.perf_counter() if timed is not None else 0.0
             try:
                 # The link keeps the deadline (PORTAL_REDIS_TIMEOUT_MS) itself.
                 found = await link.execute("MGET", key, *[TAG_PREFIX + t for t in tags])
-                self._observe("get", True, start)
+                if timed is not None:
+                    observe(timed, REDIS_BUCKETS, time.perf_counter() - start)
                 raw, current = found[0], found[1:]
                 if any(tok is None for tok in current):
                     current = await self._init_tokens(client, tags, current)

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
+from starlette.types import Scope
+
 
 class RequestContext:
-    """Made for every request by the middleware, so it costs one small object: the per-statement
-    counts (N+1 detection) are made by the first query, and a cache hit makes none."""
+    """Made for every request by ``app.serving``, so it costs one small object: no ``__init__``
+    runs (every field starts as the class's default until set), the per-statement counts (N+1
+    detection) are made by the first query, and a cache hit makes none."""
 
-    __slots__ = ("cache_hit", "method", "n_plus_one_reported", "path", "query_count", "statements")
+    scope: Scope | None = None
+    """The request's ASGI scope (its method and path, for the logs)."""
+    status = 0
+    """The response's status once it has begun (0 before)."""
+    query_count = 0
+    cache_hit = False
+    statements: dict[str, int] | None = None
+    """How often each named statement ran in this request (N+1 detection)."""
+    n_plus_one_reported: set[str] | None = None
 
-    def __init__(self, method: str = "", path: str = "") -> None:
-        self.method = method
-        self.path = path
-        self.query_count = 0
-        self.cache_hit = False
-        self.statements: dict[str, int] | None = None
-        """How often each named statement ran in this request (N+1 detection)."""
-        self.n_plus_one_reported: set[str] | None = None
+    @property
+    def method(self) -> str:
+        return self.scope["method"] if self.scope is not None else ""
+
+    @property
+    def path(self) -> str:
+        return self.scope["path"] if self.scope is not None else ""
 
     def ran(self, statement: str) -> int:
         """Count one run of ``statement``; how many times it has run in this request."""
@@ -47,7 +57,7 @@ def is_probe(path: str) -> bool:
 
 
 CURRENT: ContextVar[RequestContext | None] = ContextVar("portal_request", default=None)
-"""The request being served (set and reset by the middleware itself, on its hot path)."""
+"""The request being served (set and reset by ``ServiceApp.__call__``, on its hot path)."""
 
 
 def current() -> RequestContext | None:
@@ -55,7 +65,9 @@ def current() -> RequestContext | None:
 
 
 def begin(method: str, path: str) -> tuple[RequestContext, Token[RequestContext | None]]:
-    ctx = RequestContext(method, path)
+    """A request context of its own (for work outside a served request, and tests)."""
+    ctx = RequestContext()
+    ctx.scope = {"type": "http", "method": method, "path": path}
     return ctx, CURRENT.set(ctx)
 
 

@@ -190,8 +190,9 @@ def install(app: FastAPI, runtime: Runtime) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette's ServerErrorMiddleware calls this (and logs the traceback) for an error no
-        # other handler took, when the request middleware is off.
+        # Starlette's ServerErrorMiddleware calls this for an error no other handler took, then
+        # raises it again: ``RequestObserver.failed`` (or, with instrumentation off, uvicorn)
+        # logs its traceback.
         runtime.sentry.capture(exc)
         return server_error(request.scope, exc, 500, "internal error", "the error was logged")
 

@@ -22,8 +22,8 @@ from app.db import Database
 from app.gate import GuardedRoute
 from app.health import RequestStats
 from app.metrics import Metrics
-from app.middleware import PortalMiddleware
 from app.runtime import Runtime
+from app.serving import RequestObserver, ServiceApp
 from app.settings import Settings
 
 log = logging.getLogger("app")
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
             if own_provider and provider is not None:
                 provider.shutdown()
 
-    app = telemetry.TracedFastAPI(
+    app = ServiceApp(
         title="portal",
         version=settings.version,
         lifespan=lifespan,
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any | None 
     add_routes(app, runtime)
     openapi.install(app)
     if settings.instrumentation:
-        app.add_middleware(PortalMiddleware, runtime=runtime)
+        app.observer = RequestObserver(runtime)
     else:
         log.warning("PORTAL_INSTRUMENTATION=off: no metrics, statistics or X- headers")
     return app

@@ -111,14 +111,25 @@ class _Counted:
         self.prefix = prefix
         self.cells: dict[tuple[Any, ...], list[Any]] = {}
 
-    def observe(self, key: tuple[Any, ...], seconds: float) -> None:
+    def cell(self, key: tuple[Any, ...]) -> list[Any]:
+        """[count, the histogram's row] of ``key``, made on first use."""
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = [0.0, self.histogram.row(key[: self.prefix])]
-        cell[0] += 1
-        row = cell[1]
-        row[bisect_left(self.histogram.buckets, seconds)] += 1
-        row[-1] += seconds
+        return cell
+
+    def observe(self, key: tuple[Any, ...], seconds: float) -> None:
+        observe(self.cell(key), self.histogram.buckets, seconds)
+
+
+def observe(cell: list[Any], buckets: tuple[float, ...], seconds: float) -> None:
+    """One observation into a ``_Counted`` cell: its count, its bucket and its sum. The hot paths
+    keep their cells (``request_cell``, ``redis_cell``) rather than look them up each time;
+    ``app.serving`` repeats these lines inline."""
+    cell[0] += 1
+    row = cell[1]
+    row[bisect_left(buckets, seconds)] += 1
+    row[-1] += seconds
 
 
 def _le(bound: float) -> str:
@@ -144,18 +155,23 @@ class Metrics(Collector):
         self.cache_misses = dict.fromkeys(CACHE_CLASSES, 0.0)
         self.connections = dict.fromkeys(CONNECTION_TYPES, 0.0)
         self.inflight = 0
-        """HTTP requests in flight (maintained by the request middleware)."""
+        """HTTP requests in flight (maintained by ``app.serving``)."""
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
     # ------------------------------------------------------------------------ recording
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        if not self.enabled:
-            return
+    def request_cell(self, method: str, route: str, status: int) -> list[Any]:
+        """The cell of one (method, route, status) series, made on first use: the request
+        observer keeps it and updates it in place with ``observe``."""
         if method not in _METHODS:
             method = "OTHER"
-        self.http_requests.observe((method, route, status), seconds)
+        return self.http_requests.cell((method, route, status))
+
+    def redis_cell(self, operation: str, ok: bool) -> list[Any] | None:
+        """The cell of one Redis (operation, outcome) series for ``observe``; None while
+        instrumentation is off (the cache then skips even its clock reads)."""
+        return self.redis_ops.cell((operation, ok)) if self.enabled else None
 
     def observe_query(self, operation: str, table: str, seconds: float) -> None:
         if not self.enabled:

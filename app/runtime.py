@@ -1,4 +1,4 @@
-"""What one app instance owns, handed to the routes, the middleware and the error handlers.
+"""What one app instance owns, handed to the routes, the request observer and the error handlers.
 
 Its own module, below all of them, so nothing imports ``app.main`` but the entry points.
 """

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import random
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import opentelemetry.context as otel_context
-from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.types import Receive, Scope, Send
@@ -118,27 +118,26 @@ with suppress_instrumentation():
 once; attaching it costs a request less than entering ``suppress_instrumentation`` each time."""
 
 
-class TracedFastAPI(FastAPI):
-    """FastAPI whose requests pass through ``HeadSampler`` (when tracing is on) first."""
-
-    head_sampler: HeadSampler | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sampler = self.head_sampler
-        if sampler is None or scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-        elif sampler.traced(scope):
-            scope[TRACED] = True
-            await super().__call__(scope, receive, send)
-        else:
-            # FastAPI skips its telemetry for a request marked so (as it does for one already
-            # observed by an outer FastAPI app); without the mark, ``_untraced`` still excludes it.
-            scope["fastapi.telemetry"] = None
-            token = otel_context.attach(_UNTRACED)
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                otel_context.detach(token)
+async def sampled(
+    sampler: HeadSampler,
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """``app`` (FastAPI's handling of an HTTP request), traced if ``sampler`` says so."""
+    if sampler.traced(scope):
+        scope[TRACED] = True
+        await app(scope, receive, send)
+        return
+    # FastAPI skips its telemetry for a request marked so (as it does for one already observed
+    # by an outer FastAPI app); without the mark, ``_untraced`` still excludes it.
+    scope["fastapi.telemetry"] = None
+    token = otel_context.attach(_UNTRACED)
+    try:
+        await app(scope, receive, send)
+    finally:
+        otel_context.detach(token)
 
 
 def fastapi_telemetry(tracer_provider: Any | None) -> TelemetryConfig:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.auth import Access
+from app.gate import guard
 from app.metrics import HTTP_BUCKETS, REDIS_BUCKETS, SERIES
 from bench.common import app_env
 from bench.service_calls import calls_per_read
@@ -167,6 +170,37 @@ async def test_two_apps_in_one_process_keep_separate_registries(portal_dsn):
         'http_requests_total{method="GET",route="/api/users/{user_id}/dashboard",'
         'status="200",track="canary",version="2.0.0"} 2.0'
     ) in canary_text
+
+
+async def test_an_unhandled_error_is_a_json_500_counted_and_logged_once_with_its_traceback(
+    portal_dsn, caplog
+):
+    async def broken() -> None:
+        raise RuntimeError("the handler broke")
+
+    async with running_app(settings_for(portal_dsn)) as client:
+        app = client.app  # type: ignore[attr-defined]
+        app.add_api_route("/api/broken", broken)
+        guard(app.router.routes[-1:], app.state.runtime.auth, {"broken": Access.ADMIN}, {})
+        with caplog.at_level(logging.INFO):
+            r = await client.get("/api/broken")
+        families = parse((await client.get("/metrics")).text)
+    assert r.status_code == 500, r.text
+    assert r.json() == {
+        "error": "internal error",
+        "detail": "the error was logged",
+        "requestId": r.headers["x-request-id"],
+    }
+    assert "the handler broke" not in r.text, "details stay in the log"
+    tracebacks = [rec for rec in caplog.records if rec.exc_info and "handler broke" in rec.exc_text]
+    assert r.headers["x-cache-hit"] == "false" and float(r.headers["x-response-time-ms"]) >= 0
+    assert [rec.getMessage() for rec in tracebacks] == [
+        f"unhandled error in GET /api/broken [request {r.headers['x-request-id']}]"
+    ]
+    requests = {
+        (s.labels["route"], s.labels["status"]): s.value for s in families["http_requests_total"]
+    }
+    assert requests[("/api/broken", "500")] == 1
 
 
 async def test_instrumentation_off_records_nothing_for_overhead_measurements(portal_dsn):
