@@ -64,6 +64,15 @@ class _Served(RequestContext):
         return self.send(message)
 
 
+class _ServedQuietly(_Served):
+    """A request served without the ``X-`` headers (``PORTAL_RESPONSE_HEADERS=off``)."""
+
+    def respond(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        return self.send(message)
+
+
 class RequestObserver:
     """What observing requests needs: the metrics, the statistics, the series made so far."""
 
@@ -72,6 +81,8 @@ class RequestObserver:
         self.metrics = runtime.metrics
         self.stats = runtime.stats
         self.slow_s = runtime.settings.slow_request_ms / 1000
+        self.served = _Served if runtime.settings.response_headers else _ServedQuietly
+        """What each request is served as: with the ``X-`` headers, or without."""
         self.series: dict[tuple[int, str, int], Series] = {}
         """Per (matched route by id, method, status), made on first use. The app's routes live as
         long as it, and define __eq__, so they are not hashable themselves."""
@@ -139,7 +150,7 @@ class ServiceApp(FastAPI):
         # The hot path of every request: kept inline (each Python call here would cost about
         # as much as the work it does).
         start = perf_counter()
-        served = _Served()
+        served = observer.served()
         served.scope = scope
         served.send = send
         served.start = start

@@ -116,6 +116,8 @@ class Settings:
     log_level: str = "INFO"
     instrumentation: bool = True
     """Off only to measure the instrumentation's own cost (no metrics, headers or stats)."""
+    response_headers: bool = True
+    """The ``X-`` headers on every response (off: metrics, statistics and logs only)."""
     cache_enabled: bool = True
     """Off only to measure what the cache saves: every read computes, nothing is stored."""
 
@@ -188,6 +190,7 @@ class Settings:
             trace_batch_delay_ms=r.integer("OTEL_BSP_SCHEDULE_DELAY", 200, 1, 60_000),
             log_level=r.choice("PORTAL_LOG_LEVEL", "INFO", _LOG_LEVELS, upper=True),
             instrumentation=r.choice("PORTAL_INSTRUMENTATION", "on", ("on", "off")) == "on",
+            response_headers=r.choice("PORTAL_RESPONSE_HEADERS", "on", ("on", "off")) == "on",
             cache_enabled=r.choice("PORTAL_CACHE", "on", ("on", "off")) == "on",
         )
 

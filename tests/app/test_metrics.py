@@ -203,6 +203,29 @@ async def test_an_unhandled_error_is_a_json_500_counted_and_logged_once_with_its
     assert requests[("/api/broken", "500")] == 1
 
 
+async def test_without_the_response_headers_requests_are_still_counted_and_timed(
+    portal_dsn, redis_url
+):
+    settings = settings_for(portal_dsn, redis_url, PORTAL_RESPONSE_HEADERS="off")
+    async with running_app(settings) as client:
+        reads = [await client.get("/api/users/4/dashboard") for _ in range(2)]
+        families = parse((await client.get("/metrics")).text)
+        health = (await client.get("/api/health/advanced")).json()
+    assert [r.status_code for r in reads] == [200, 200]
+    assert not [h for r in reads for h in r.headers if h.startswith("x-") and h != "x-request-id"]
+    requests = {
+        (s.labels["route"], s.labels["status"]): s.value for s in families["http_requests_total"]
+    }
+    assert requests[("/api/users/{user_id}/dashboard", "200")] == 2
+    durations = {
+        s.labels["route"]: s.value
+        for s in families["http_request_duration_seconds"]
+        if s.name.endswith("_count")
+    }
+    assert durations["/api/users/{user_id}/dashboard"] == 2
+    assert health["metrics"]["requestCount"] == 2, "probes are not counted"
+
+
 async def test_instrumentation_off_records_nothing_for_overhead_measurements(portal_dsn):
     settings = settings_for(portal_dsn, PORTAL_INSTRUMENTATION="off")
     async with running_app(settings) as client:

@@ -19,6 +19,7 @@ def test_only_the_database_url_is_needed_and_the_defaults_match_the_contract():
     assert s.sentry_dsn is None and s.otel_endpoint is None
     assert s.auth_enabled and s.auth_keys_file is None and s.metrics_token_file is None
     assert not s.api_docs, "the API docs are off unless asked for"
+    assert s.response_headers, "every response carries the X- headers unless told otherwise"
     assert (s.db_statement_timeout_ms, s.db_lock_timeout_ms) == (5000, 1000)
     assert s.otel_service_name == "portal"
     assert s.trace_sample_ratio == 1.0, "every request is traced unless told otherwise"
@@ -74,6 +75,7 @@ def test_latency_fault_delays_every_request_unless_a_rate_is_given():
         ("PORTAL_AUTH_KEYS_FILE", "/nonexistent/keys.json", "/nonexistent/keys.json: no such file"),
         ("PORTAL_METRICS_TOKEN_FILE", "/nonexistent/t", "/nonexistent/t: no such file"),
         ("PORTAL_API_DOCS", "yes", "'yes' is not one of on, off"),
+        ("PORTAL_RESPONSE_HEADERS", "false", "'false' is not one of on, off"),
         ("PORTAL_DB_STATEMENT_TIMEOUT_MS", "5s", "is not a whole number between 0 and 3600000"),
         ("PORTAL_DB_LOCK_TIMEOUT_MS", "-1", "is not a whole number between 0 and 3600000"),
         ("PORTAL_REDIS_URL_FILE", "/nonexistent/url", "/nonexistent/url: cannot be read"),
