@@ -11,6 +11,8 @@ user ids cycling) of several servers, the variants:
 - ``otel``: tracing alone, every request (``PORTAL_INSTRUMENTATION=off``);
 - ``off``: neither; ``bare``: ``bench.bare``, FastAPI on uvicorn answering a constant JSON:
   the framework's own cost, the ceiling the service is measured against;
+- ``quiet``: ``instrumented`` without the ``X-`` response headers
+  (``PORTAL_RESPONSE_HEADERS=off``): what the headers cost, uvicorn's checks of them included;
 - ``noauth``: ``instrumented`` with authentication off (``PORTAL_AUTH=off``): what checking
   the callers' tokens costs. Every other variant of the service reads each dashboard with its
   user's own bearer token, as a member's client does (``wrk`` cycles through the users' tokens);
@@ -124,6 +126,11 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("otel", f"OpenTelemetry alone, {share} traced", {**off, **every}, traced=True),
         Variant("off", "uninstrumented", off),
         Variant(
+            "quiet",
+            "instrumented without the X- headers",
+            {**on, "PORTAL_RESPONSE_HEADERS": "off"},
+        ),
+        Variant(
             "noauth",
             "instrumented, authentication off",
             {**on, "PORTAL_AUTH": "off"},
@@ -150,6 +157,7 @@ def comparisons(args: argparse.Namespace) -> list[Comparison]:
             "authentication (a member's token per request)",
             1 + MAX_COST,
         ),
+        Comparison("quiet_vs_off", "quiet", "off", "instrumentation without the X- headers"),
         Comparison("traced_vs_off", "traced", "off", "instrumented and traced"),
         Comparison("sampled_vs_off", "sampled", "off", "instrumented, sampled traces"),
         Comparison("otel_vs_off", "otel", "off", "OpenTelemetry alone"),

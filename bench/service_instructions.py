@@ -65,10 +65,15 @@ def report_instructions(
         return None
     on, off = per_read["instrumented"], per_read["off"]
     report.figure("ratio_instructions_instrumented_vs_off", on / off, "x", "instructions per read")
-    return (
+    summary = (
         f"instructions per read {on / 1000:.0f}k instrumented vs {off / 1000:.0f}k off "
         f"({on / off:.3f}x)"
     )
+    quiet = per_read.get("quiet")
+    if quiet is not None:
+        report.figure("ratio_instructions_quiet_vs_off", quiet / off, "x", "without the X- headers")
+        summary += f", {quiet / 1000:.0f}k without the X- headers ({quiet / off:.3f}x)"
+    return summary
 
 
 def instructions_per_read(
