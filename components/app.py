@@ -285,6 +285,7 @@ class App(pulumi.ComponentResource):
             kube.env("PORTAL_SLOW_REQUEST_MS", str(app.slow_request_ms)),
             kube.env("PORTAL_DB_POOL_SIZE", str(app.db_pool_size)),
             kube.env("PORTAL_TRACE_SAMPLE_RATIO", f"{app.trace_sample_ratio:g}"),
+            kube.env("PORTAL_RESPONSE_HEADERS", "on" if app.response_headers else "off"),
             kube.env("PORTAL_DB_STATEMENT_TIMEOUT_MS", str(app.db_statement_timeout_ms)),
             kube.env("PORTAL_DB_LOCK_TIMEOUT_MS", str(app.db_lock_timeout_ms)),
             kube.env("OTEL_EXPORTER_OTLP_ENDPOINT", args.otlp_endpoint),

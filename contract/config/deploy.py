@@ -98,6 +98,12 @@ class AppConfig(Section):
         le=1.0,
         description="share of requests that start a trace (PORTAL_TRACE_SAMPLE_RATIO)",
     )
+    response_headers: Flag = Field(
+        default=True,
+        description="X-Response-Time-Ms, X-Cache-Hit and X-Query-Count on every response; false "
+        "keeps them from clients and a cache-warm read about 4% of its instructions "
+        "(PORTAL_RESPONSE_HEADERS)",
+    )
     db_statement_timeout_ms: Whole = Field(
         default=5000,
         ge=0,

@@ -109,6 +109,11 @@ def test_a_bad_value_for_every_key_is_refused_naming_the_key_value_and_what_is_a
             "portal:app.traceSampleRatio",
             "from 0 up to 1",
         ),
+        (
+            lambda v: v["app"].update(responseHeaders="off"),
+            "portal:app.responseHeaders",
+            "expected true or false",
+        ),
         (lambda v: v["slo"].update(maxErrorRate=2), "portal:slo.maxErrorRate", ""),
         (
             lambda v: v["app"].update(authKeyIds=["k2", "k1", "k2"]),
@@ -162,14 +167,15 @@ def test_every_optional_key_has_a_default_the_engine_applies_and_the_model_reads
     assert (unset.environment, unset.namespace, unset.sentry_enabled) == ("qa", "portal-qa", False)
 
 
-def test_the_trace_sample_ratio_reaches_both_tracks_of_the_service():
+def test_the_trace_sample_ratio_and_the_response_headers_reach_both_tracks_of_the_service():
     values = copy.deepcopy(BASE)
-    values["app"]["traceSampleRatio"] = 0.05
+    values["app"].update(traceSampleRatio=0.05, responseHeaders=False)
     run = run_program("prod", values, {})
     for name in ("portal-stable", "portal-canary"):
         container = run.get("Deployment", name).manifest()["spec"]["template"]["spec"]
         env = {e["name"]: e.get("value") for e in container["containers"][0]["env"]}
         assert env["PORTAL_TRACE_SAMPLE_RATIO"] == "0.05", name
+        assert env["PORTAL_RESPONSE_HEADERS"] == "off", name
 
 
 def test_pulumi_yaml_documents_every_key_as_the_model_declares_it():

@@ -192,6 +192,7 @@ def test_app_probes_security_context_and_track_labels(run):
         assert "fieldRef" in env["PORTAL_VERSION"]["valueFrom"]
         assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env
         assert env["PORTAL_TRACE_SAMPLE_RATIO"]["value"] == "1", "every request traced by default"
+        assert env["PORTAL_RESPONSE_HEADERS"]["value"] == "on", "the X- headers by default"
     assert run.get("HorizontalPodAutoscaler", "portal-stable")
     assert run.get("PodDisruptionBudget", "portal-stable")
 
